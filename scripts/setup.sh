@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Creates (or reuses) the project's virtual environment and installs objmae-ray with its test extras.
+# Usage: source-free; prints nothing but pip's errors. VENV defaults to ./.venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${OBJMAE_VENV:-.venv}"
+PY="${PYTHON:-python3}"
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY" -m venv "$VENV"
+fi
+# torch first and pinned to the builds that match each other (torchvision must pair with torch);
+# pyproject only asks for a range. Override with TORCH_SPEC for other platforms (e.g. a CUDA index).
+if ! "$VENV/bin/python" -c "import torch, torchvision" 2>/dev/null; then
+  "$VENV/bin/pip" install -q ${TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1}
+fi
+"$VENV/bin/pip" install -q -e ".[test]"
