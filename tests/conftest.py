@@ -19,18 +19,34 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
-def ray_session(tmp_path_factory):
-    """Start a private local Ray (with dashboard, see DESIGN.md) once for the whole test session."""
+def ray_cluster(tmp_path_factory):
+    """One simulated multi-node Ray cluster for the whole test session (started once).
+
+    A head that schedules nothing (CPU 0, like cluster/gpu.yaml) with the dashboard on (see
+    DESIGN.md: Train's cleanup needs the State API), plus two worker nodes of
+    OBJMAE_TEST_CPUS CPUs each, so every Ray test also exercises multi-node placement.
+    Tests that remove nodes must add their own node first and remove only that one.
+    """
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cpus = int(os.environ.get("OBJMAE_TEST_CPUS", "2"))
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 0, "include_dashboard": True},
+    )
+    for _ in range(2):
+        cluster.add_node(num_cpus=cpus)
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address, log_to_driver=False, configure_logging=False)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_session(ray_cluster):
+    """The `ray` module, connected to the session's cluster."""
     import ray
 
-    if not ray.is_initialized():
-        ray.init(
-            address="local",
-            num_cpus=int(os.environ.get("OBJMAE_TEST_CPUS", "4")),
-            include_dashboard=True,
-            _temp_dir=str(tmp_path_factory.mktemp("ray")),
-            log_to_driver=False,
-            configure_logging=False,
-        )
-    yield ray
-    ray.shutdown()
+    return ray
