@@ -1,0 +1,114 @@
+"""CAM (paper eq. 2) against a hand computation, the CAM cache and the CAM-backed folder dataset."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from objmae_ray.config import DataConfig
+from objmae_ray.data import build_pretrain_dataset
+from objmae_ray.data.cam import build_cam_cache, cam_patch_saliency, class_activation_map, create_cam_model, load_cam_cache
+from objmae_ray.data.cli import main
+from objmae_ray.data.transforms import CropBox
+from objmae_ray.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    torch.manual_seed(0)
+    return timm.create_model("resnet10t", pretrained=False, num_classes=7).eval()
+
+
+def test_cam_equals_hand_computation(resnet):
+    imgs = torch.randn(3, 3, 64, 96)
+    cams = class_activation_map(resnet, imgs)
+    with torch.no_grad():
+        x = imgs
+        for name in ["conv1", "bn1", "act1", "maxpool", "layer1", "layer2", "layer3", "layer4"]:
+            x = getattr(resnet, name)(x)  # last conv features f_k(x, y): [3, 512, 2, 3]
+        logits = resnet.fc(x.mean((2, 3)))
+    assert cams.shape == (3, 2, 3)
+    for b in range(3):
+        c = int(logits[b].argmax())
+        m = sum(resnet.fc.weight[c, k] * x[b, k] for k in range(x.shape[1]))  # eq. (2)
+        m = m.clamp(min=0)
+        expected = m / m.max()
+        assert torch.allclose(cams[b], expected, atol=1e-5)
+        assert cams[b].max().item() == pytest.approx(1.0)
+
+
+def test_cam_patch_saliency_is_patch_mean_of_bilinear_map():
+    cam = torch.tensor([[1.0, 0.0], [0.0, 0.0]])  # map cell centres at image pixels 16 and 48
+    full = cam_patch_saliency(cam, CropBox(0, 0, 64, 64), (64, 64), grid=2)
+    # bilinear field along one axis: 1 up to 16, linear to 0 at 48; its mean over [0, 32) is 0.875,
+    # over [32, 64) 0.125; in 2-D the products
+    assert full.tolist() == pytest.approx([0.875**2, 0.875 * 0.125, 0.125 * 0.875, 0.125**2], abs=1e-6)
+    crop = cam_patch_saliency(cam, CropBox(0, 0, 32, 32), (64, 64), grid=1)  # top-left quarter only
+    assert crop.tolist() == pytest.approx([0.875**2], abs=1e-6)
+    assert torch.equal(cam_patch_saliency(torch.full((7, 7), 0.5), CropBox(3, 5, 20, 30), (80, 60), 4), torch.full((16,), 0.5))
+
+
+@pytest.fixture()
+def image_folder(tmp_path):
+    root = tmp_path / "images" / "train"
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b b"):
+        (root / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 256, (40 + 8 * i, 56, 3), dtype=np.uint8)).save(root / cls / f"img ({i}).png")
+    (root / "a" / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
+    return root
+
+
+def test_cam_cache_cli_and_folder_dataset(tmp_path, image_folder, resnet, capsys):
+    weights = tmp_path / "resnet10t.safetensors"
+    save_file(resnet.state_dict(), str(weights))
+    out = tmp_path / "cam.safetensors"
+    rc = main(["cam", str(image_folder), "--out", str(out), "--model", "resnet10t", "--weights", str(weights),
+               "--img-size", "64", "--batch-size", "3"])
+    assert rc == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["images"] == 4 and report["skipped"] == 1 and report["shape"] == [2, 2]
+    rows, cams, meta = load_cam_cache(out)
+    assert sorted(rows) == ["a/img (0).png", "a/img (1).png", "b b/img (0).png", "b b/img (1).png"]
+    assert meta["model"] == "resnet10t" and json.loads(meta["skipped"]) == ["a/broken.jpg"]
+    # the cached map is the CAM of the squashed, model-normalised image
+    model = create_cam_model("resnet10t", weights=weights)
+    config = timm.data.resolve_data_config({}, model=model)
+    resample = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}[config["interpolation"]]
+    img = Image.open(image_folder / "b b" / "img (1).png").convert("RGB").resize((64, 64), resample)
+    x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1).float() / 255
+    x = (x - torch.tensor(config["mean"]).view(3, 1, 1)) / torch.tensor(config["std"]).view(3, 1, 1)
+    assert torch.allclose(cams[rows["b b/img (1).png"]], class_activation_map(model, x[None])[0], atol=1e-3)
+
+    cfg = DataConfig(kind="folder", root=str(image_folder.parent), cam_cache=str(out))
+    val = build_pretrain_dataset(cfg, img_size=32, patch_size=8, split="train")
+    assert val.stats == {"images": 5, "kept": 4, "missing_cam": 1}
+    sample = val[0]
+    assert set(sample) == {"image", "saliency"}
+    assert sample["image"].shape == (3, 32, 32) and sample["saliency"].shape == (16,)
+    assert 0 <= sample["saliency"].min() and sample["saliency"].max() <= 1
+    # without the random crop the saliency is the patch mean of the whole cached map
+    cfg = DataConfig(kind="folder", root=str(image_folder.parent), cam_cache=str(out), train_split="-", val_split="train")
+    whole = build_pretrain_dataset(cfg, img_size=32, patch_size=8, split="val")
+    rel, row = whole.samples[3]
+    size = Image.open(image_folder / rel).size
+    expected = cam_patch_saliency(cams[row], CropBox(0, 0, size[1], size[0]), size, grid=4)
+    assert torch.equal(whole[3]["saliency"], expected)
+
+
+def test_cam_errors_name_the_path(tmp_path, resnet):
+    with pytest.raises(ConfigError, match="nothing.safetensors: CAM cache not found"):
+        load_cam_cache(tmp_path / "nothing.safetensors")
+    with pytest.raises(ConfigError, match="w.pt: weights file not found"):
+        create_cam_model("resnet10t", weights=tmp_path / "w.pt")
+    torch.save({"state_dict": {"fc.weight": torch.zeros(3, 3)}}, tmp_path / "small.pt")
+    with pytest.raises(ConfigError, match="small.pt: does not fit resnet10t"):
+        create_cam_model("resnet10t", weights=tmp_path / "small.pt")
+    with pytest.raises(ConfigError, match="missing: image directory not found"):
+        build_cam_cache(tmp_path / "missing", tmp_path / "c.safetensors", model=resnet, model_name="resnet10t")
