@@ -1,0 +1,109 @@
+"""Transfer phase on one worker: fine-tuning or linear probing of the pre-trained encoder.
+
+- fine-tune: timm VisionTransformer (global average pooling + fc_norm, as MAE fine-tuning) whose
+  encoder is the ObjMAE encoder; all weights train, with layer-wise lr decay (see optim.py).
+- linear probe (as MAE's `main_linprobe.py`): the same ViT with the cls token as feature, the
+  encoder frozen, and the head `BatchNorm1d(affine=False) -> Linear` the only trained module.
+Top-1 / top-5 come from timm's `accuracy` on the held-out split, summed over all workers.
+"""
+from __future__ import annotations
+
+import time
+from typing import Iterable
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from timm.utils import accuracy
+from torch import Tensor, nn
+
+from objmae_ray.config import ModelConfig, TransferConfig
+from objmae_ray.model import create_vit_classifier
+from objmae_ray.train.pretrain import EpochStats, StepHook, all_reduce_sums, autocast, check_finite
+
+FINETUNE_DROP_PATH = 0.1  # MAE fine-tuning of ViT-S/B
+
+
+def build_classifier(model_cfg: ModelConfig, transfer: TransferConfig, *, num_classes: int,
+                     encoder_state: dict[str, Tensor] | None) -> nn.Module:
+    """timm ViT classifier initialised from `encoder_state` (ObjMAE.encoder_state_dict()).
+
+    mode "finetune": global_pool="avg", drop_path 0.1, every weight trainable.
+    mode "linear": global_pool="token", head = BatchNorm1d(affine=False, eps=1e-6) + Linear
+    (weights N(0, 0.01), as MAE), every encoder weight frozen (requires_grad=False).
+    """
+    common = dict(img_size=model_cfg.img_size, patch_size=model_cfg.patch_size,
+                  num_classes=num_classes, encoder_state=encoder_state)
+    if transfer.mode == "finetune":
+        return create_vit_classifier(model_cfg.preset, global_pool="avg",
+                                     drop_path_rate=FINETUNE_DROP_PATH, **common)
+    model = create_vit_classifier(model_cfg.preset, global_pool="token", **common)
+    nn.init.trunc_normal_(model.head.weight, std=0.01)
+    nn.init.zeros_(model.head.bias)
+    model.head = nn.Sequential(nn.BatchNorm1d(model.head.in_features, affine=False, eps=1e-6), model.head)
+    for name, param in model.named_parameters():
+        param.requires_grad = name.startswith("head.")
+    return model
+
+
+def trainable_module(model: nn.Module, mode: str) -> nn.Module:
+    """What the optimiser sees: the whole ViT (fine-tune, for layer decay) or only its head (linear)."""
+    model = getattr(model, "module", model)  # unwrap DDP
+    return model if mode == "finetune" else model.head
+
+
+def train_classifier_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, scheduler, *,
+                           phase: str, epoch: int, first_update: int, device: torch.device,
+                           on_step: StepHook | None = None) -> EpochStats:
+    """One pass of cross-entropy training over `loader` of (images [B, 3, H, W], labels [B])."""
+    model.train()
+    start = time.perf_counter()
+    loss_sum, images, steps = 0.0, 0, 0
+    for step, (imgs, labels) in enumerate(loader):
+        if on_step is not None:
+            on_step(epoch, step)
+        scheduler.step_update(first_update + step)
+        imgs, labels = imgs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with autocast(device):
+            logits = model(imgs)  # [B, num_classes]
+        loss = F.cross_entropy(logits.float(), labels)
+        value = check_finite(loss, phase=phase, epoch=epoch, step=step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += value * imgs.shape[0]
+        images += imgs.shape[0]
+        steps += 1
+    loss_sum, images = all_reduce_sums(loss_sum, images, device=device)
+    return EpochStats(loss=loss_sum / max(images, 1), images=int(images), steps=steps,
+                      seconds=time.perf_counter() - start)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device) -> dict[str, float]:
+    """Top-1 / top-5 (%) and mean cross-entropy over this worker's share of the held-out split, summed over workers.
+
+    Each worker must see a disjoint share (no padding duplicates), so counts add up to the split exactly.
+    Shares can differ by a batch, so the forward passes use the module without its DDP wrapper (whose
+    forward is a collective); its buffers (BatchNorm statistics) are first synchronised from rank 0.
+    """
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        for buffer in model.module.buffers():
+            dist.broadcast(buffer, src=0)
+        model = model.module
+    model.eval()
+    top1, top5, loss_sum, images = 0.0, 0.0, 0.0, 0
+    for imgs, labels in loader:
+        imgs, labels = imgs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        with autocast(device):
+            logits = model(imgs).float()
+        acc1, acc5 = accuracy(logits, labels, topk=(1, 5))  # percent of this batch
+        n = labels.shape[0]
+        top1 += round(acc1.item() * n / 100.0)  # correct predictions in this batch
+        top5 += round(acc5.item() * n / 100.0)
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+        images += n
+    top1, top5, loss_sum, images = all_reduce_sums(top1, top5, loss_sum, images, device=device)
+    images = max(images, 1)
+    return {"top1": 100.0 * top1 / images, "top5": 100.0 * top5 / images, "val_loss": loss_sum / images,
+            "val_images": int(images)}

@@ -1,0 +1,116 @@
+"""One ObjMAE pre-training epoch on one worker (paper section 3): masks -> model -> loss -> step.
+
+The masks (selection -> division -> alignment) are sampled on the worker's device from the batch's
+per-patch object maps with a generator the caller seeds per (trial seed, epoch, rank), so a resumed
+epoch draws exactly the masks of the original one.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from objmae_ray.config import MaskingConfig
+from objmae_ray.masking import Masks, sample_masks
+
+StepHook = Callable[[int, int], None]  # (epoch, step) -> None, called before each step (fault injection in tests)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the message names the phase, epoch and step."""
+
+
+@dataclass
+class EpochStats:
+    """What one epoch did, summed over all workers (`loss` is the mean per image)."""
+
+    loss: float
+    images: int
+    steps: int
+    seconds: float
+    fallback: int = 0  # pre-train only: images with no eligible object (whole image used)
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on GPU; a no-op context on CPU (fp32)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def check_finite(loss: torch.Tensor, *, phase: str, epoch: int, step: int) -> float:
+    """loss: [] -> its value, or NonFiniteLossError naming where it happened."""
+    value = loss.item()
+    if not math.isfinite(value):
+        raise NonFiniteLossError(f"{phase}: loss is {value} at epoch {epoch} step {step}; stopping the trial "
+                                 f"(the last checkpoint before it is kept)")
+    return value
+
+
+def all_reduce_sums(*values: float, device: torch.device) -> list[float]:
+    """Sum scalars over the worker group (identity without torch.distributed)."""
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def sample_batch_masks(batch: dict, *, num_patches: int, masking: MaskingConfig,
+                       generator: torch.Generator, device: torch.device) -> Masks:
+    """Masks for a pre-training batch.
+
+    batch: {"image": [B, 3, H, W], and "object_patches": [B, K, N] bool + "object_ratio": [B, K]
+    (segmentation datasets) or "saliency": [B, N] (CAM datasets)}.
+    """
+    return sample_masks(
+        batch_size=batch["image"].shape[0],
+        num_patches=num_patches,
+        alpha=masking.alpha,
+        selection=masking.selection,
+        padding=masking.padding,
+        object_patches=batch.get("object_patches"),
+        object_ratio=batch.get("object_ratio"),
+        saliency=batch.get("saliency"),
+        min_ratio=masking.min_ratio,
+        cam_threshold=masking.cam_threshold,
+        generator=generator,
+        device=device,
+    )
+
+
+def pretrain_epoch(model: nn.Module, loader: Iterable[dict], optimizer: torch.optim.Optimizer, scheduler, *,
+                   epoch: int, first_update: int, num_patches: int, masking: MaskingConfig,
+                   generator: torch.Generator, device: torch.device,
+                   on_step: StepHook | None = None) -> EpochStats:
+    """Train `model` (ObjMAE, maybe DDP-wrapped) for one pass over `loader`.
+
+    `first_update` is the global index of this epoch's first optimiser update (for the per-update
+    lr schedule); `generator` lives on `device` and is already seeded for (seed, epoch, rank).
+    """
+    model.train()
+    start = time.perf_counter()
+    loss_sum, images, fallback, steps = 0.0, 0, 0, 0
+    for step, batch in enumerate(loader):
+        if on_step is not None:
+            on_step(epoch, step)
+        scheduler.step_update(first_update + step)
+        imgs = batch["image"].to(device, non_blocking=True)
+        masks = sample_batch_masks(batch, num_patches=num_patches, masking=masking,
+                                   generator=generator, device=device)
+        with autocast(device):
+            loss, _ = model(imgs, masks.src_idx, masks.tgt_idx, masks.src_valid, masks.tgt_valid)
+        value = check_finite(loss, phase="pretrain", epoch=epoch, step=step)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += value * imgs.shape[0]
+        images += imgs.shape[0]
+        fallback += int(masks.fallback.sum())
+        steps += 1
+    loss_sum, images, fallback = all_reduce_sums(loss_sum, images, fallback, device=device)
+    seconds = time.perf_counter() - start
+    return EpochStats(loss=loss_sum / max(images, 1), images=int(images), steps=steps,
+                      seconds=seconds, fallback=int(fallback))
