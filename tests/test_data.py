@@ -183,8 +183,9 @@ def test_missing_paths_name_the_path(tmp_path):
         CocoObjects(tmp_path / "train", tmp_path / "bad.json", img_size=32, patch_size=8)
     with pytest.raises(ConfigError, match="nowhere: dataset root not found"):
         build_pretrain_dataset(DataConfig(kind="coco", root=str(tmp_path / "nowhere")), img_size=32, patch_size=8)
-    with pytest.raises(ConfigError, match="cam_cache"):
-        build_pretrain_dataset(DataConfig(kind="folder", root=str(tmp_path)), img_size=32, patch_size=8)
+    (tmp_path / "folder_root").mkdir()
+    with pytest.raises(ConfigError, match="folder_root/train: image folder not found"):
+        build_pretrain_dataset(DataConfig(kind="folder", root=str(tmp_path / "folder_root")), img_size=32, patch_size=8)
     with pytest.raises(ConfigError, match=str(tmp_path / "cifar-100-python" / "train")):
         build_classification_dataset(DataConfig(kind="cifar100", root=str(tmp_path)), img_size=32, split="train", train=True)
     with pytest.raises(ConfigError, match="missing: image folder not found"):

@@ -112,3 +112,17 @@ def test_cam_errors_name_the_path(tmp_path, resnet):
         create_cam_model("resnet10t", weights=tmp_path / "small.pt")
     with pytest.raises(ConfigError, match="missing: image directory not found"):
         build_cam_cache(tmp_path / "missing", tmp_path / "c.safetensors", model=resnet, model_name="resnet10t")
+
+
+def test_folder_without_cam_cache_serves_images_for_mae(image_folder):
+    """MAE pre-training on an image folder (paper Table 4, alpha 1/2 row): images only, every file kept."""
+    from objmae_ray.masking import sample_masks
+
+    cfg = DataConfig(kind="folder", root=str(image_folder.parent))
+    ds = build_pretrain_dataset(cfg, img_size=32, patch_size=8, split="train")
+    assert len(ds) == 5  # 4 images + the broken one (replaced at load time, counted)
+    batch = torch.utils.data.default_collate([ds[i] for i in range(len(ds))])
+    assert set(batch) == {"image"} and batch["image"].shape == (5, 3, 32, 32)
+    assert ds.skipped == 1
+    masks = sample_masks(batch_size=5, num_patches=16, alpha=0.5, selection="mae", padding="zero")
+    assert masks.src_valid.all() and masks.tgt_valid.all()

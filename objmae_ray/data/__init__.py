@@ -5,7 +5,8 @@ Entry points: `build_pretrain_dataset` and `build_classification_dataset`, both 
   synthetic  built-in scenes, generated once (see synthetic.py); `root` = cache dir (None: default)
   coco       `root/<split>/` images + `root/annotations/instances_<split>.json`, or `ann_file`
              (relative to root unless absolute; "{split}" is replaced by the split name)
-  folder     ImageFolder `root/<split>/<class>/<image>`; pre-training needs `cam_cache`
+  folder     ImageFolder `root/<split>/<class>/<image>`; pre-training reads `cam_cache` (selection
+             "cam") or, without one, images only (selection "mae")
   cifar100   `root/cifar-100-python/{train,test,meta}` (val split = test file)
 `split` is "train" / "val" (mapped to cfg.train_split / cfg.val_split) or a literal split name; only
 the train split gets random crops.
@@ -61,8 +62,6 @@ def build_pretrain_dataset(cfg: DataConfig, *, img_size: int, patch_size: int, p
                            patch_threshold=patch_threshold, max_objects=cfg.max_objects, min_ratio=min_ratio,
                            random_crop=random_crop)
     if cfg.kind == "folder":
-        if not cfg.cam_cache:
-            raise ConfigError("data.cam_cache: pre-training on an image folder needs a CAM cache (`objmae-data cam`)")
         return CamFolder(_root(cfg) / split_name, cfg.cam_cache, img_size=img_size, patch_size=patch_size,
                          random_crop=random_crop)
     raise ConfigError(f"data.kind: '{cfg.kind}' has no object or CAM information; use it for fine-tuning only")

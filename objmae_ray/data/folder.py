@@ -47,20 +47,25 @@ class SafeImageFolder(ImageFolder):
 
 
 class CamFolder(Dataset):
-    """Pre-training samples for selection="cam": the same random crop on image and CAM map.
+    """Pre-training samples from an image folder: the same random crop on image and CAM map.
 
     Yields {"image": [3, S, S] float (ImageNet-normalised), "saliency": [N] float in 0..1}: the CAM
     (normalised on the whole image, not re-normalised on the crop) averaged over each patch.
     Images under root without a cached CAM are dropped and counted in `stats`.
+    With `cam_cache=None` (selection "mae": MAE pre-training on ImageNet-100) it yields {"image"} only.
     """
 
     def __init__(self, root, cam_cache, *, img_size: int, patch_size: int, random_crop: bool = True,
                  crop_scale: tuple[float, float] = (0.2, 1.0)):
         self.root = check_folder(root)
-        rows, self.cams, self.meta = load_cam_cache(cam_cache)
         folder = SafeImageFolder(self.root)
         relative = [Path(p).relative_to(self.root).as_posix() for p, _ in folder.samples]
-        self.samples = [(rel, rows[rel]) for rel in relative if rel in rows]
+        if cam_cache is None:
+            self.cams, self.meta = None, {}
+            self.samples = [(rel, -1) for rel in relative]
+        else:
+            rows, self.cams, self.meta = load_cam_cache(cam_cache)
+            self.samples = [(rel, rows[rel]) for rel in relative if rel in rows]
         self.stats = {"images": len(relative), "kept": len(self.samples), "missing_cam": len(relative) - len(self.samples)}
         if not self.samples:
             raise ConfigError(f"{cam_cache}: has no CAM for any image under {self.root} (built for another folder?)")
@@ -84,4 +89,6 @@ class CamFolder(Dataset):
             box = sample_crop(img, random=self.random_crop, scale=self.crop_scale)
             size = img.size
             image = crop_image(img, box, self.img_size)
+        if self.cams is None:
+            return {"image": image}
         return {"image": image, "saliency": cam_patch_saliency(self.cams[row], box, size, self.grid)}
