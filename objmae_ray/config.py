@@ -5,9 +5,11 @@ never a silently ignored setting. Defaults are the paper's (Tables 1-3); tiny pr
 """
 from __future__ import annotations
 
-from typing import Literal, Optional
+import math
+from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator,
+                      model_validator)
 
 Selection = Literal["object", "inter", "mae", "cam"]
 Padding = Literal["throwout", "zero", "replicate", "random"]
@@ -119,3 +121,172 @@ class TrialConfig(_Strict):
         if self.masking.selection == "cam" and not self.pretrain.data.cam_cache:
             raise ValueError("masking.selection 'cam' needs pretrain.data.cam_cache (build it with `objmae-data cam`)")
         return self
+
+
+# ---- sweep files (search_spaces/*.yaml) ------------------------------------------------------------
+# Metrics a trial reports each epoch (contract of objmae_ray.trial); objectives and schedulers use them.
+METRICS = ("top1", "top5", "recon_loss", "speedup_est", "pretrain_time_s", "val_loss", "train_loss",
+           "images_per_s", "epoch_time_s", "fallback_frac")
+
+
+def _primitive(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise ValueError(f"must be a string, number, boolean or null, not {type(value).__name__}")
+
+
+Scalar = Annotated[Any, AfterValidator(_primitive)]  # Optuna choices must be primitives
+
+
+def _known_metric(metric: str) -> str:
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r} (choose from {', '.join(METRICS)})")
+    return metric
+
+
+class Objective(_Strict):
+    """One objective: the metric's final value (last report of the trial) and its direction."""
+
+    metric: str
+    mode: Literal["max", "min"]
+
+    _check_metric = field_validator("metric")(_known_metric)
+
+
+class SamplerSpec(_Strict):
+    """Optuna sampler: TPE (default), grid (exhaustive ablations), random, or multi-objective NSGA-II."""
+
+    kind: Literal["tpe", "grid", "random", "nsga2"] = "tpe"
+    seed: int = 0
+    n_startup_trials: int = Field(4, ge=0)  # TPE: random trials before the density model is used
+
+
+class SchedulerSpec(_Strict):
+    """FIFO (every trial runs to the end) or ASHA on a transfer metric, one rung step per reported epoch."""
+
+    kind: Literal["fifo", "asha"] = "fifo"
+    metric: str = "top1"
+    mode: Literal["max", "min"] = "max"
+    grace_period: Optional[int] = Field(None, gt=0)  # reports; default: pre-train epochs + 1 (first transfer epoch)
+    reduction_factor: float = Field(2.0, gt=1.0)
+
+    _check_metric = field_validator("metric")(_known_metric)
+
+
+class BudgetSpec(_Strict):
+    """Refuse plans larger than this before anything starts."""
+
+    max_trials: int = Field(200, gt=0)
+    max_gpu_hours: Optional[float] = Field(None, gt=0)
+
+
+class EstimateSpec(_Strict):
+    """Assumptions of the GPU-hours estimate printed by `objmae-sweep validate` (see objmae_ray/spec.py)."""
+
+    gpu_tflops: float = Field(25.0, gt=0)  # sustained FLOP/s of one GPU, in TFLOP/s
+    pretrain_images: Optional[int] = Field(None, gt=0)  # default: by dataset kind (spec.DATASET_IMAGES)
+    transfer_images: Optional[int] = Field(None, gt=0)
+
+
+class RangeParam(_Strict):
+    """A float or int range (Optuna FloatDistribution / IntDistribution)."""
+
+    type: Literal["float", "int"]
+    low: float
+    high: float
+    log: bool = False
+    step: Optional[float] = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _check_range(self) -> "RangeParam":
+        if not (math.isfinite(self.low) and math.isfinite(self.high)):
+            raise ValueError("low and high must be finite numbers")
+        if self.low > self.high:
+            raise ValueError(f"low {self.low} is greater than high {self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError("log range needs low > 0")
+        if self.log and self.step is not None:
+            raise ValueError("log and step cannot be combined")
+        if self.type == "int" and any(v is not None and v != int(v) for v in (self.low, self.high, self.step)):
+            raise ValueError("int range needs integer low, high and step")
+        return self
+
+
+class ChoiceParam(_Strict):
+    """A categorical choice among primitive values."""
+
+    choices: list[Scalar] = Field(min_length=1)
+
+    @field_validator("choices")
+    @classmethod
+    def _distinct(cls, choices: list) -> list:
+        if len({(type(c), c) for c in choices}) != len(choices):
+            raise ValueError("choices must be distinct")
+        return choices
+
+
+class FixedParam(_Strict):
+    """A fixed value (`key: value` in the file is shorthand for `key: {value: value}`)."""
+
+    value: Scalar
+
+
+def _param_kind(raw) -> str:
+    if isinstance(raw, (RangeParam, ChoiceParam, FixedParam)):  # serialising
+        return {RangeParam: "range", ChoiceParam: "choices", FixedParam: "fixed"}[type(raw)]
+    if isinstance(raw, dict):
+        if "choices" in raw:
+            return "choices"
+        if "value" in raw:
+            return "fixed"
+        return "range"
+    return "fixed"
+
+
+SearchParam = Annotated[
+    Union[Annotated[RangeParam, Tag("range")], Annotated[ChoiceParam, Tag("choices")],
+          Annotated[FixedParam, Tag("fixed")]],
+    Discriminator(_param_kind),
+]
+
+
+class SweepSpec(_Strict):
+    """One sweep file: study, objectives, sampler, budget, scheduler, storage, base trial and search space.
+
+    `search_space` keys are dotted `TrialConfig` paths (`masking.alpha`, `model.patch_size`,
+    `transfer.0.lr`) or the short names in `objmae_ray.spec.ALIASES` (alpha, padding, patch_size,
+    selection). Each configuration runs `repeats` times with seeds `base.seed + 0 .. repeats-1` and the
+    sampler learns from their mean (`seed` can also be searched like any field).
+    Resources per trial are `base.resources` (Ray Train workers); `driver_cpus` is the Tune driver's.
+    """
+
+    study: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    objectives: list[Objective] = Field(min_length=1)
+    sampler: SamplerSpec = SamplerSpec()
+    num_samples: Optional[int] = Field(None, gt=0)  # configurations to try; grid: the grid size (default)
+    repeats: int = Field(1, gt=0)
+    concurrency: int = Field(1, gt=0)
+    scheduler: SchedulerSpec = SchedulerSpec()
+    storage: str = "runs"  # local dir, NFS mount or s3://bucket/prefix (multi-node needs shared storage)
+    driver_cpus: float = Field(0.1, gt=0)
+    budget: BudgetSpec = BudgetSpec()
+    estimate: EstimateSpec = EstimateSpec()
+    base: TrialConfig = TrialConfig()
+    search_space: dict[str, SearchParam] = Field(default_factory=dict)
+
+    @field_validator("search_space", mode="before")
+    @classmethod
+    def _scalars_are_fixed(cls, space):
+        if isinstance(space, dict):
+            return {k: v if isinstance(v, dict) else {"value": v} for k, v in space.items()}
+        return space
+
+    @field_validator("objectives")
+    @classmethod
+    def _distinct_metrics(cls, objectives: list[Objective]) -> list[Objective]:
+        metrics = [o.metric for o in objectives]
+        if len(set(metrics)) != len(metrics):
+            raise ValueError(f"objective metrics must be distinct, got {metrics}")
+        return objectives
