@@ -2,8 +2,8 @@
 
 Ray's own schema does the structural check (`prepare_config` fills the provider defaults, then
 `validate_config` runs the JSON schema); on top of that we require what objmae-ray relies on:
-every worker type declares integer `CPU` and `GPU` resources explicitly, and the head schedules
-no trials (`CPU: 0`). No cloud API is called.
+every worker type declares integer `CPU` and `GPU` resources explicitly, and the head trains
+nothing (`CPU: 0`) but hosts the trials' light drivers (`objmae_driver`). No cloud API is called.
 """
 from __future__ import annotations
 
@@ -14,6 +14,9 @@ import yaml
 
 from objmae_ray.config import ResourcesConfig
 from objmae_ray.errors import ConfigError
+
+# Custom resource the on-demand head offers for the trials' light Tune drivers (see sweep.driver_resources).
+DRIVER_RESOURCE = "objmae_driver"
 
 
 def load_cluster_config(path: str | Path) -> dict[str, Any]:
@@ -47,6 +50,8 @@ def _check_resources(path: Path, config: dict[str, Any]) -> None:
         if name == head:
             if resources.get("CPU") != 0:
                 raise ConfigError(f"{path}: {field}/CPU: the head must declare CPU: 0 so no trial lands on it")
+            if resources.get(DRIVER_RESOURCE, 0) < 1:
+                raise ConfigError(f"{path}: {field}: missing '{DRIVER_RESOURCE}' (trial drivers would land on spot workers)")
             continue
         for key in ("CPU", "GPU"):
             if key not in resources:

@@ -102,9 +102,17 @@ def records_from_dir(run_dir: str | Path) -> list[TrialRecord]:
             history = [json.loads(line) for line in result_file.read_text().splitlines() if line.strip()]
         trial_id = history[-1].get("trial_id", trial_dir.name) if history else trial_dir.name
         records.append(TrialRecord(str(trial_id), _params(config), int(config.get(TRIAL_INDEX, 0)), history,
-                                   path=str(trial_dir), error=(trial_dir / "error.txt").exists(),
+                                   path=str(trial_dir), error=_errored(trial_dir),
                                    final_point=_final_point(config)))
     return records
+
+
+def _errored(trial_dir: Path) -> bool:
+    """Tune's error.txt stays after `--resume` finishes the trial: an error counts only if nothing was reported after it."""
+    error, result = trial_dir / "error.txt", trial_dir / "result.json"
+    if not error.is_file():
+        return False
+    return not result.is_file() or error.stat().st_mtime >= result.stat().st_mtime
 
 
 # ---- table --------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ import yaml
 from ray.tune.search import ConcurrencyLimiter, Repeater
 from ray.tune.search.optuna import OptunaSearch
 
+from objmae_ray.cluster import DRIVER_RESOURCE
 from objmae_ray.config import ChoiceParam, FixedParam, RangeParam, SweepSpec
 from objmae_ray.errors import ConfigError
 from objmae_ray.spec import (TRIAL_INDEX, asha_milestones, base_trial, grid_values, plan, search_paths,
@@ -170,10 +171,25 @@ def storage_uri(storage: str) -> str:
     return storage if "://" in storage else str(Path(storage).expanduser().resolve())
 
 
+def driver_resources(spec: SweepSpec) -> dict[str, float]:
+    """Resources of one trial's Tune driver (the Train workers hold the real ones).
+
+    One unit of the head's DRIVER_RESOURCE when the cluster offers it (cluster/gpu.yaml): drivers,
+    and the Train controllers Ray pins to the driver's node, then never sit on a spot worker, so a
+    reclaim costs only that trial's workers, which restart from the latest checkpoint (Train
+    FailureConfig). Without it: `driver_cpus` CPUs anywhere.
+    """
+    import ray
+
+    if ray.is_initialized() and ray.cluster_resources().get(DRIVER_RESOURCE, 0) >= 1:
+        return {"cpu": 0, DRIVER_RESOURCE: 1}
+    return {"cpu": spec.driver_cpus}
+
+
 def _with_resources(spec: SweepSpec, trainable: Callable):
     from ray import tune
 
-    return tune.with_resources(trainable, {"cpu": spec.driver_cpus})
+    return tune.with_resources(trainable, driver_resources(spec))
 
 
 def build_tuner(spec: SweepSpec, *, name: str, storage: str | None = None,

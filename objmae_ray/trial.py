@@ -491,6 +491,8 @@ def build_trainer(cfg: TrialConfig, *, storage_path: str, name: str, callbacks: 
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    # the dashboard's Train tab (runs, attempts, workers per node) needs Train's state actor
+    os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
     res = cfg.resources
     resources = {"CPU": res.cpus_per_worker}
     if res.use_gpu:

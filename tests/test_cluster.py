@@ -80,3 +80,10 @@ def test_trial_fits_checks_per_worker_bundle_and_total_capacity():
     # 8 x gpu_1x + 2 x 8 = 24 GPUs at most
     assert trial_fits(ResourcesConfig(num_workers=24, use_gpu=True, cpus_per_worker=4), config)
     assert trial_fits(ResourcesConfig(num_workers=25, use_gpu=True, cpus_per_worker=4), config) == []
+
+
+def test_head_without_driver_resource_is_refused(tmp_path):
+    config = yaml.safe_load((CLUSTER / "gpu.yaml").read_text())
+    del config["available_node_types"]["head"]["resources"]["objmae_driver"]
+    with pytest.raises(ConfigError, match="head/resources: missing 'objmae_driver'"):
+        load_cluster_config(_write(tmp_path, config))

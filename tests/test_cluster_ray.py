@@ -347,3 +347,40 @@ def test_removed_node_trial_resumes_elsewhere_and_finished_trial_is_kept(ray_ses
     assert len(new_workers) == 3
     assert len([w for w in new_workers if w.node_id in bases]) == 1
     assert len([a for a in actors("ImplicitFunc") if a.actor_id not in before]) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_trial_drivers_go_to_the_node_offering_the_driver_resource(ray_session, ray_cluster, tmp_path):
+    """cluster/gpu.yaml's head offers `objmae_driver`: every trial's Tune driver must land there."""
+    from ray import tune
+
+    from objmae_ray.cluster import DRIVER_RESOURCE
+    from objmae_ray.spec import load_spec
+    from objmae_ray.sweep import _with_resources, driver_resources
+
+    spec = load_spec(REPO / "search_spaces" / "smoke.yaml")
+    assert driver_resources(spec) == {"cpu": spec.driver_cpus}  # the base cluster has no such resource
+    def resources_become(expected):  # the GCS view of cluster resources lags node changes a little
+        deadline = time.time() + 60
+        while driver_resources(spec) != expected and time.time() < deadline:
+            time.sleep(0.5)
+        return driver_resources(spec) == expected
+
+    node = ray_cluster.add_node(num_cpus=0, resources={DRIVER_RESOURCE: 4})
+    ray_cluster.wait_for_nodes()
+    try:
+        assert resources_become({"cpu": 0, DRIVER_RESOURCE: 1})
+
+        def where(config):
+            tune.report({"node_id": ray_session.get_runtime_context().get_node_id()})
+
+        tuner = tune.Tuner(_with_resources(spec, where), param_space={"i": tune.grid_search([0, 1, 2])},
+                           run_config=tune.RunConfig(storage_path=str(tmp_path), name="drivers"))
+        results = tuner.fit()
+        assert not results.errors
+        assert {r.metrics["node_id"] for r in results} == {node.node_id}
+    finally:
+        ray_cluster.remove_node(node)
+    assert resources_become({"cpu": spec.driver_cpus})

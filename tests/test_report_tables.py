@@ -183,3 +183,21 @@ def test_bad_run_directories_give_one_line(tmp_path, capsys):
     run, _ = make_run(tmp_path, {"padding": {"choices": ["zero"]}})
     assert main([str(run)]) == 2
     assert capsys.readouterr().err == f"error: {run}: no trials found (no trial directory with params.json)\n"
+
+
+def test_error_txt_counts_only_when_nothing_was_reported_after_it(tmp_path):
+    """A trial that errored and was finished by `objmae-sweep --resume` is done, not failed."""
+    import os
+
+    from objmae_ray.report import records_from_dir
+
+    run, spec = make_run(tmp_path, {"padding": {"choices": ["zero"]}})
+    add_trial(run, spec, "a", {"masking.padding": "zero"}, phases=[[(50.0, 90.0), (60.0, 95.0)]])
+    add_trial(run, spec, "b", {"masking.padding": "zero"}, phases=[[(50.0, 90.0)]], stop_after=1)
+    for trial, error_age in (("a", -100), ("b", +100)):  # a: error before its last report; b: after
+        error = run / f"trial_{trial}" / "error.txt"
+        error.write_text("worker died")
+        result_mtime = (run / f"trial_{trial}" / "result.json").stat().st_mtime
+        os.utime(error, (result_mtime + error_age, result_mtime + error_age))
+    status = {r.trial_id: r.status for r in records_from_dir(run)}
+    assert status == {"a": "done", "b": "error"}
