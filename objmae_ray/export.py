@@ -21,11 +21,12 @@ import shutil
 from pathlib import Path
 
 import yaml
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from objmae_ray.config import METRICS, TrialConfig
 from objmae_ray.errors import ConfigError
 from objmae_ray.report import TrialRecord, records_from_dir
+from objmae_ray.train.checkpoint import read_objmae_checkpoint
 
 ENCODER_FILE, CLASSIFIER_FILE, CONFIG_FILE, METRICS_FILE, CARD_FILE = (
     "encoder.safetensors", "classifier.safetensors", "config.yaml", "metrics.json", "README.md")
@@ -70,18 +71,6 @@ def encoder_state(objmae_state: dict, cfg: TrialConfig) -> dict:
         raise ConfigError(f"objmae.safetensors: does not match the trial's model config "
                           f"({str(err).strip().splitlines()[0]})") from None
     return {k: v.contiguous() for k, v in model.encoder_state_dict().items()}
-
-
-def _read_checkpoint(directory: Path) -> tuple[TrialConfig, dict]:
-    config_file, objmae_file = directory / "trial_config.json", directory / "objmae.safetensors"
-    for file in (config_file, objmae_file):
-        if not file.is_file():
-            raise ConfigError(f"{file}: not found (checkpoint incomplete or storage not local)")
-    try:
-        cfg = TrialConfig.model_validate(json.loads(config_file.read_text()))
-    except Exception as err:  # JSON or pydantic error in a damaged file
-        raise ConfigError(f"{config_file}: not a valid trial config ({str(err).splitlines()[0]})") from None
-    return cfg, load_file(str(objmae_file))
 
 
 def _model_card(record: TrialRecord, cfg: TrialConfig, metrics: dict, metric: str, timm_name: str,
@@ -149,7 +138,7 @@ def export_best(run_dir: str | Path, out: str | Path, *, metric: str | None = No
         metric, mode = metric or spec.objectives[0].metric, mode or spec.objectives[0].mode
     record = best_trial(run_dir, metric, mode)
     source = checkpoint_dir(record)
-    cfg, objmae_state = _read_checkpoint(source)
+    cfg, objmae_state = read_objmae_checkpoint(source)
     timm_name = timm_vit_name(cfg.model.preset, cfg.model.patch_size, cfg.model.img_size)
 
     out.mkdir(parents=True, exist_ok=True)

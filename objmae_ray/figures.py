@@ -12,19 +12,18 @@ Shapes: B images, N = grid * grid patches, L source / target slots, T = 1 + L en
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from matplotlib.figure import Figure  # object API: renders with Agg, no pyplot / global backend state
-from safetensors.torch import load_file
 from torch import Tensor
 
 from objmae_ray.config import TrialConfig
 from objmae_ray.errors import ConfigError
 from objmae_ray.masking import Masks
 from objmae_ray.model import ObjMAE, create_objmae
+from objmae_ray.train.checkpoint import OBJMAE_FILE, read_objmae_checkpoint
 
 DARKEN = 0.3  # brightness of patches outside the shown set (paper: "the masked patches are darker")
 
@@ -32,22 +31,14 @@ DARKEN = 0.3  # brightness of patches outside the shown set (paper: "the masked 
 # ---- model and images ------------------------------------------------------------------------------
 def load_checkpoint_model(directory: str | Path) -> tuple[ObjMAE, TrialConfig]:
     """ObjMAE (eval mode) and TrialConfig of a trial checkpoint directory: objmae.safetensors + trial_config.json."""
-    directory = Path(directory)
-    config_file, weights_file = directory / "trial_config.json", directory / "objmae.safetensors"
-    for file in (config_file, weights_file):
-        if not file.is_file():
-            raise ConfigError(f"{file}: not found (checkpoint incomplete or storage not local)")
-    try:
-        cfg = TrialConfig.model_validate(json.loads(config_file.read_text()))
-    except Exception as err:  # JSON or pydantic error in a damaged file
-        raise ConfigError(f"{config_file}: not a valid trial config ({str(err).splitlines()[0]})") from None
+    cfg, state = read_objmae_checkpoint(directory)
     model = create_objmae(cfg.model.preset, img_size=cfg.model.img_size, patch_size=cfg.model.patch_size,
                           norm_pix_loss=cfg.model.norm_pix_loss)
     try:
-        model.load_state_dict(load_file(str(weights_file)))
+        model.load_state_dict(state)
     except (RuntimeError, OSError) as err:
         reason = str(err).strip().splitlines()[0]
-        raise ConfigError(f"{weights_file}: does not fit the trial's model ({reason})") from None
+        raise ConfigError(f"{Path(directory) / OBJMAE_FILE}: does not fit the trial's model ({reason})") from None
     return model.eval(), cfg
 
 
@@ -243,24 +234,11 @@ def plot_rollout(imgs: Tensor, region: Tensor, whole: Tensor, inside: Tensor, pa
 # ---- measured trade-off ----------------------------------------------------------------------------
 def plot_measured_tradeoff(points: list[tuple[float, float, str]], path: str | Path) -> list[int]:
     """PNG of top-1 against measured pre-train throughput (images/s), one point (x, y, label) per
-    configuration, the Pareto front (objmae_ray.report.pareto_front, both maximised) joined; returns its indices."""
-    from objmae_ray.report import pareto_front
+    configuration, the Pareto front joined; returns its indices."""
+    from objmae_ray.report import plot_tradeoff
 
-    front = pareto_front([(x, y) for x, y, _ in points])
-    fig = Figure(figsize=(6.4, 4.8), dpi=100)
-    ax = fig.subplots()
-    ax.scatter([p[0] for p in points], [p[1] for p in points], color="tab:blue", label="configuration")
-    line = sorted((points[i] for i in front), key=lambda p: p[0])
-    ax.plot([p[0] for p in line], [p[1] for p in line], "o-", color="tab:red", label="Pareto front")
-    for x, y, label in line:
-        ax.annotate(label, (x, y), fontsize=7, xytext=(-3, 4), textcoords="offset points", ha="right")
-    ax.set_xlabel("measured pre-train throughput (images/s, last pre-train epoch)")
-    ax.set_ylabel("top-1 (%)")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="best")
-    fig.tight_layout()
-    fig.savefig(path)
-    return front
+    return plot_tradeoff([(x, y, label, None) for x, y, label in points], path,
+                         xlabel="measured pre-train throughput (images/s, last pre-train epoch)")
 
 
 # ---- object ratios (Fig. 5) ----------------------------------------------------------------------

@@ -116,7 +116,7 @@ def _errored(trial_dir: Path) -> bool:
 
 
 # ---- table --------------------------------------------------------------------------------------
-def _finite(value) -> float | None:
+def finite(value) -> float | None:
     try:
         value = float(value)
     except (TypeError, ValueError):
@@ -128,19 +128,19 @@ def trial_row(record: TrialRecord, spec: SweepSpec) -> dict[str, float | None]:
     """The numbers of one trial (None where it never reported them)."""
     finals = record.phase_finals()
     last = record.last
-    row = {"speedup": _finite(last.get("speedup_est")), "recon_loss": _finite(last.get("recon_loss")),
-           "pretrain_time_s": _finite(last.get("pretrain_time_s"))}
+    row = {"speedup": finite(last.get("speedup_est")), "recon_loss": finite(last.get("recon_loss")),
+           "pretrain_time_s": finite(last.get("pretrain_time_s"))}
     transfers = spec.base.transfer
     final_index = len(transfers)
     for i, transfer in enumerate(transfers, start=1):
         report = finals.get(i, {})
         if i == final_index:
-            row["top1"], row["top5"] = _finite(report.get("top1")), _finite(report.get("top5"))
+            row["top1"], row["top5"] = finite(report.get("top1")), finite(report.get("top5"))
         else:
-            row[f"top1 {i}:{transfer.mode} {transfer.data.kind}"] = _finite(report.get("top1"))
+            row[f"top1 {i}:{transfer.mode} {transfer.data.kind}"] = finite(report.get("top1"))
     for objective in spec.objectives:  # any other objective metric: its final value
         key = {"speedup_est": "speedup"}.get(objective.metric, objective.metric)
-        row.setdefault(key, _finite(last.get(objective.metric)))
+        row.setdefault(key, finite(last.get(objective.metric)))
     return row
 
 
@@ -256,31 +256,37 @@ def csv_text(groups: list[Group]) -> str:
     return out.getvalue()
 
 
-def plot_pareto(groups: list[Group], path: str | Path) -> None:
-    """PNG of top-1 against speed-up, one point per configuration, the Pareto front joined and marked."""
-    import matplotlib
+def plot_tradeoff(points: list[tuple[float, float, str, float | None]], path: str | Path, *,
+                  xlabel: str) -> list[int]:
+    """PNG of top-1 (y) against a speed measure (x): points (x, y, label, y std or None), the Pareto
+    front (both maximised) joined and labelled. Returns the front's indices into points."""
+    from matplotlib.figure import Figure  # object API: Agg rendering, no global pyplot state
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    points = [(g.mean("speedup"), g.mean("top1"), g.config, g.std("top1")) for g in groups]
-    points = [p for p in points if p[0] is not None and p[1] is not None]
-    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=100)
+    fig = Figure(figsize=(6.4, 4.8), dpi=100)
+    ax = fig.subplots()
+    front = pareto_front([(p[0], p[1]) for p in points]) if points else []
     if points:
         ax.errorbar([p[0] for p in points], [p[1] for p in points], yerr=[p[3] or 0.0 for p in points], fmt="o",
                     color="tab:blue", ecolor="0.6", capsize=3, label="configuration (± std over repeats)")
-        front = sorted((points[i] for i in pareto_front([(p[0], p[1]) for p in points])), key=lambda p: p[0])
-        ax.plot([p[0] for p in front], [p[1] for p in front], "o-", color="tab:red", label="Pareto front", zorder=3)
-        for x, y, label, _ in front:
+        line = sorted((points[i] for i in front), key=lambda p: p[0])
+        ax.plot([p[0] for p in line], [p[1] for p in line], "o-", color="tab:red", label="Pareto front", zorder=3)
+        for x, y, label, _ in line:
             ax.annotate(label, (x, y), fontsize=7, ha="right", xytext=(-4, 6), textcoords="offset points")
         ax.margins(x=0.1, y=0.15)
-    ax.set_xlabel("pre-training speed-up (FLOP ratio vs ViT step)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("top-1 (%)")
     ax.grid(alpha=0.3)
     ax.legend(loc="best")
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
+    return front
+
+
+def plot_pareto(groups: list[Group], path: str | Path) -> None:
+    """PNG of top-1 against speed-up (FLOP ratio), one point per configuration, the Pareto front marked."""
+    points = [(g.mean("speedup"), g.mean("top1"), g.config, g.std("top1")) for g in groups]
+    plot_tradeoff([p for p in points if p[0] is not None and p[1] is not None], path,
+                  xlabel="pre-training speed-up (FLOP ratio vs ViT step)")
 
 
 def write_report(run_path: str, spec: SweepSpec, records: list[TrialRecord]) -> str:

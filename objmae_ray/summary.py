@@ -41,7 +41,7 @@ from typing import Any, Callable
 
 from objmae_ray.config import ChoiceParam, SweepSpec
 from objmae_ray.errors import ConfigError
-from objmae_ray.report import TrialRecord
+from objmae_ray.report import TrialRecord, finite
 
 REPORT_DIR = "report"
 _ALIAS = {"masking.alpha": "alpha", "masking.padding": "padding", "masking.selection": "selection",
@@ -82,29 +82,21 @@ class Row:
     std: dict[str, float | None] = field(default_factory=dict)
 
 
-def _finite(value) -> float | None:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
-
-
 def _phase_metric(index: int | None, metric: str) -> Callable[[TrialRecord], float | None]:
     """The last report of transfer phase `index` (1-based; None: the final phase) -> its `metric`."""
     def value(record: TrialRecord) -> float | None:
         finals = record.phase_finals()
         last = index if index is not None else max(finals, default=0)
-        return _finite(finals[last].get(metric)) if last >= 1 and last in finals else None
+        return finite(finals[last].get(metric)) if last >= 1 and last in finals else None
     return value
 
 
 def _last(metric: str) -> Callable[[TrialRecord], float | None]:
-    return lambda record: _finite(record.last.get(metric))
+    return lambda record: finite(record.last.get(metric))
 
 
 def _pretrain(metric: str) -> Callable[[TrialRecord], float | None]:
-    return lambda record: _finite(record.phase_finals().get(0, {}).get(metric))
+    return lambda record: finite(record.phase_finals().get(0, {}).get(metric))
 
 
 SPEEDUP = Column("speedup", "Speed Up", 1, _last("speedup_est"), "x")
@@ -307,7 +299,7 @@ def _checkpoint_figures(run_dir: Path, spec: SweepSpec, out: Path, num_images: i
         numbers["skipped"]["checkpoint figures"] = str(err)
         return
     numbers["best_trial"] = {"trial_id": best.trial_id, "params": best.params, objective.metric:
-                             _finite(best.last.get(objective.metric)), "checkpoint": str(checkpoint_dir(best))}
+                             finite(best.last.get(objective.metric)), "checkpoint": str(checkpoint_dir(best))}
     try:
         batch, masks = figures.validation_batch(cfg, num_images)
     except ConfigError as err:

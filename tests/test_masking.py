@@ -108,15 +108,19 @@ def check_common(m: Masks, batch: int, num_patches: int, alpha: float, padding: 
     return L
 
 
-@settings(max_examples=150, deadline=None)
-@given(
-    seed=st.integers(0, 2**31 - 1),
-    batch=st.integers(1, 5),
-    grid=st.integers(2, 8),
-    slots=st.integers(1, 5),
-    alpha=st.floats(0.01, 1.0),
-    padding=st.sampled_from(PADDINGS),
-)
+def random_scenes(test):
+    """Property test over random overlapping scenes x every padding mode."""
+    return settings(max_examples=150, deadline=None)(given(
+        seed=st.integers(0, 2**31 - 1),
+        batch=st.integers(1, 5),
+        grid=st.integers(2, 8),
+        slots=st.integers(1, 5),
+        alpha=st.floats(0.01, 1.0),
+        padding=st.sampled_from(PADDINGS),
+    )(test))
+
+
+@random_scenes
 def test_object_selection_properties(seed, batch, grid, slots, alpha, padding):
     patches, ratio = random_scene(seed, batch, grid, slots)
     m = masks_for("object", padding, alpha, patches, ratio, seed=seed)
@@ -136,15 +140,7 @@ def test_object_selection_properties(seed, batch, grid, slots, alpha, padding):
             assert valid in objects
 
 
-@settings(max_examples=150, deadline=None)
-@given(
-    seed=st.integers(0, 2**31 - 1),
-    batch=st.integers(1, 5),
-    grid=st.integers(2, 8),
-    slots=st.integers(1, 5),
-    alpha=st.floats(0.01, 1.0),
-    padding=st.sampled_from(PADDINGS),
-)
+@random_scenes
 def test_inter_selection_properties(seed, batch, grid, slots, alpha, padding):
     patches, ratio = random_scene(seed, batch, grid, slots)
     m = masks_for("inter", padding, alpha, patches, ratio, seed=seed)

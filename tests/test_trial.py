@@ -18,6 +18,7 @@ from objmae_ray.train.pretrain import NonFiniteLossError, pretrain_epoch
 from objmae_ray.train.optim import build_optimizer, build_scheduler
 from objmae_ray.trial import (LocalRun, TrialRun, epoch_seed, load_trial_config, main, trial_config_from_dict,
                               validate_trial)
+from trial_helpers import tiny_config
 
 TIMING_KEYS = {"images_per_s", "epoch_time_s", "pretrain_time_s", "loop_start_at", "first_step_at",
                "report_time_s"}
@@ -31,21 +32,6 @@ def synthetic_root(tmp_path_factory) -> str:
     root = tmp_path_factory.mktemp("synthetic")
     ensure_synthetic(root, num_images=32, img_size=32, seed=0)
     return str(root)
-
-
-def tiny_config(root: str, **overrides) -> TrialConfig:
-    """micro ViT on 32 px synthetic scenes: 2 pre-train epochs, 1 fine-tune, 1 linear probe, 4 steps each."""
-    data = {"kind": "synthetic", "root": root, "num_images": 32, "loader_workers": 0}
-    body = {
-        "name": "tiny", "seed": 3,
-        "model": {"preset": "micro", "img_size": 32, "patch_size": 8},
-        "masking": {"alpha": 0.25, "selection": "object", "padding": "zero"},
-        "pretrain": {"epochs": 2, "warmup_epochs": 1, "batch_size": 8, "lr": 1e-2, "data": data},
-        "transfer": [{"mode": "finetune", "epochs": 1, "warmup_epochs": 0, "batch_size": 8, "lr": 1e-2, "data": data},
-                     {"mode": "linear", "epochs": 1, "warmup_epochs": 0, "batch_size": 8, "lr": 1e-1, "data": data}],
-    }
-    body.update(overrides)
-    return TrialConfig.model_validate(body)
 
 
 def run_local(cfg: TrialConfig, directory: Path, checkpoints: list[Path] = ()) -> LocalRun:

@@ -14,6 +14,7 @@ from objmae_ray.config import TrialConfig
 from objmae_ray.data import ensure_synthetic
 from objmae_ray.train.checkpoint import load_checkpoint
 from objmae_ray.trial import TrialError, run_trial, tune_trainable
+from trial_helpers import tiny_config
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
@@ -31,19 +32,10 @@ def synthetic_root(tmp_path_factory) -> str:
 
 
 def ray_config(root: str, num_workers: int = 1) -> TrialConfig:
-    """2 pre-train epochs + 1 fine-tune + 1 linear-probe epoch, 4 steps each at global batch 8 (36 train
-    images, 9 held out)."""
-    data = {"kind": "synthetic", "root": root, "num_images": 36, "loader_workers": 0}
-    return TrialConfig.model_validate({
-        "name": "ray-tiny", "seed": 7,
-        "model": {"preset": "micro", "img_size": 32, "patch_size": 8},
-        "masking": {"alpha": 0.25, "selection": "object", "padding": "zero"},
-        "pretrain": {"epochs": 2, "warmup_epochs": 1, "batch_size": 8, "lr": 1e-2, "data": data},
-        "transfer": [{"mode": "finetune", "epochs": 1, "warmup_epochs": 0, "batch_size": 8, "lr": 1e-2, "data": data},
-                     {"mode": "linear", "epochs": 1, "warmup_epochs": 0, "batch_size": 8, "lr": 1e-1, "data": data}],
-        "resources": {"num_workers": num_workers, "cpus_per_worker": 1},
-        "max_failures": 1,
-    })
+    """test_trial's tiny trial (2 pre-train epochs + 1 fine-tune + 1 linear-probe epoch, 4 steps each at
+    global batch 8) on 36 train images (9 held out), with 1 CPU per worker and one restart allowed."""
+    return tiny_config(root, num_images=36, name="ray-tiny", seed=7, max_failures=1,
+                       resources={"num_workers": num_workers, "cpus_per_worker": 1})
 
 
 def read_epochs_log(directory: Path) -> list[tuple[int, int, int, int]]:

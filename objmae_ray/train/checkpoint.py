@@ -75,6 +75,21 @@ def save_checkpoint(directory: str | Path, *, objmae: nn.Module, train_state: di
     return directory
 
 
+def read_objmae_checkpoint(directory: str | Path) -> tuple[TrialConfig, dict[str, Tensor]]:
+    """(TrialConfig, ObjMAE state dict) of a checkpoint directory, from JSON and safetensors only
+    (export and figures read untrusted storage: nothing is unpickled). ConfigError names a bad file."""
+    directory = Path(directory)
+    config_file, objmae_file = directory / CONFIG_FILE, directory / OBJMAE_FILE
+    for file in (config_file, objmae_file):
+        if not file.is_file():
+            raise ConfigError(f"{file}: not found (checkpoint incomplete or storage not local)")
+    try:
+        cfg = TrialConfig.model_validate(json.loads(config_file.read_text()))
+    except Exception as err:  # JSON or pydantic error in a damaged file
+        raise ConfigError(f"{config_file}: not a valid trial config ({str(err).splitlines()[0]})") from None
+    return cfg, load_file(str(objmae_file))
+
+
 def load_checkpoint(directory: str | Path) -> dict[str, Any]:
     """Read a checkpoint directory: {"objmae", "classifier" (or None): state dicts, "train_state",
     "config": TrialConfig, "metrics": dict}. A missing or unreadable file is a ConfigError naming it."""
