@@ -539,6 +539,7 @@ def run_trial(cfg: TrialConfig, storage_path: str, name: str, *, hooks: dict | N
 
 def tune_trainable(config: dict) -> None:
     """Ray Tune function trainable: one trial's TorchTrainer, its reports forwarded to Tune."""
+    import ray.train
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -551,8 +552,6 @@ def tune_trainable(config: dict) -> None:
         storage_path, name = ctx.get_trial_dir(), "train"
     trainer = build_trainer(cfg, storage_path=storage_path, name=name, callbacks=[TuneReportCallback()],
                             hooks=config.get("_hooks"))
-    import ray.train
-
     try:
         trainer.fit()
     except ray.train.TrainingFailedError as err:
