@@ -14,9 +14,8 @@ GPU-hours model (an assumption, documented here and printed): FLOPs of one trial
   + per transfer phase: epochs x (train images x step FLOPs + val images x forward FLOPs),
 divided by `estimate.gpu_tflops` sustained TFLOP/s per GPU (default 25: a TITAN RTX / V100-class
 card in mixed precision at moderate utilisation). Step FLOPs are the ViT matmul count
-(`_objmae_flops`, `_supervised_flops`: patch projection, qkv, projection, MLP, attention, heads;
-backward = 2 x forward). Without attention it equals `objmae_ray.train.flops`' FlopCounterMode
-count exactly (tests/test_spec.py). A linear-probe step counts as a forward (frozen encoder, no
+(`objmae_ray.train.flops.objmae_flops` / `supervised_flops`: patch projection, qkv, projection, MLP, attention, heads;
+backward = 2 x forward), checked against torch's FlopCounterMode in the tests. A linear-probe step counts as a forward (frozen encoder, no
 backward); an eval image costs a forward (1/3 of a step). Data loading, communication and start-up
 are not counted. Range dimensions are estimated at their endpoints.
 """
@@ -610,56 +609,15 @@ def _images(data, override: int | None) -> tuple[int, int]:
 
 def trial_flops(cfg: TrialConfig, spec: SweepSpec) -> float:
     """FLOPs of one trial (pre-train + every transfer phase), per the module docstring's model."""
+    from objmae_ray.train.flops import objmae_flops, supervised_flops
+
     model = cfg.model
     pre_images, _ = _images(cfg.pretrain.data, spec.estimate.pretrain_images)
-    total = cfg.pretrain.epochs * pre_images * _objmae_flops(model.preset, model.img_size, model.patch_size,
+    total = cfg.pretrain.epochs * pre_images * objmae_flops(model.preset, model.img_size, model.patch_size,
                                                              cfg.masking.alpha)
-    step = _supervised_flops(model.preset, model.img_size, model.patch_size)
+    step = supervised_flops(model.preset, model.img_size, model.patch_size)
     for transfer in cfg.transfer:
         train_images, val_images = _images(transfer.data, spec.estimate.transfer_images)
         train_step = step / 3 if transfer.mode == "linear" else step
         total += transfer.epochs * (train_images * train_step + val_images * step / 3)
     return float(total)
-
-
-def _blocks_flops(depth: int, width: int, tokens: int, mlp_ratio: float, attention: bool = True) -> float:
-    """Forward matmul FLOPs of `depth` ViT blocks on `tokens` tokens: qkv, proj, MLP (+ attention QK^T, AV)."""
-    linear = 2 * tokens * width * width * (4 + 2 * mlp_ratio)
-    return depth * (linear + (4 * tokens * tokens * width if attention else 0))
-
-
-def _objmae_flops(preset: str, img_size: int, patch_size: int, alpha: float, attention: bool = True) -> float:
-    """FLOPs of one ObjMAE forward + backward on one image: L source patches encoded, L targets decoded.
-
-    Forward: patch projection of L patches, encoder on 1 + L tokens, decoder embed, decoder on
-    1 + 2L tokens, prediction of L patches. Backward = 2 x forward (gradients of inputs and weights),
-    except the patch projection, whose input (pixels) needs no gradient.
-    """
-    from objmae_ray.masking import target_length
-    from objmae_ray.model import get_preset
-
-    p = get_preset(preset)
-    n = (img_size // patch_size) ** 2
-    length = target_length(alpha, n)
-    pixels = 3 * patch_size * patch_size
-    d, dd = p["embed_dim"], p["decoder_embed_dim"]
-    embed = 2 * length * pixels * d
-    forward = (embed
-               + _blocks_flops(p["depth"], d, 1 + length, p["mlp_ratio"], attention)
-               + 2 * (1 + length) * d * dd
-               + _blocks_flops(p["decoder_depth"], dd, 1 + 2 * length, p["mlp_ratio"], attention)
-               + 2 * length * dd * pixels)
-    return 3 * forward - embed
-
-
-def _supervised_flops(preset: str, img_size: int, patch_size: int, num_classes: int = 1000,
-                      attention: bool = True) -> float:
-    """FLOPs of one supervised ViT forward + backward on one image (all N patches + cls token)."""
-    from objmae_ray.model import get_preset
-
-    p = get_preset(preset)
-    n = (img_size // patch_size) ** 2
-    d = p["embed_dim"]
-    embed = 2 * n * 3 * patch_size ** 2 * d
-    forward = embed + _blocks_flops(p["depth"], d, 1 + n, p["mlp_ratio"], attention) + 2 * d * num_classes
-    return 3 * forward - embed

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from objmae_ray.cli import sweep_main
 from objmae_ray.config import ModelConfig, SweepSpec
 from objmae_ray.errors import ConfigError
-from objmae_ray.spec import SpecError, _objmae_flops, _supervised_flops, load_spec, plan, trial_flops
+from objmae_ray.spec import SpecError, load_spec, plan, trial_flops
+from objmae_ray.train.flops import objmae_flops, supervised_flops
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((REPO / "search_spaces").glob("*.yaml"))
@@ -274,21 +275,21 @@ def test_flop_formula_equals_flop_counter(preset, img, patch):
 
     cfg = ModelConfig(preset=preset, img_size=img, patch_size=patch)
     for alpha in (0.5, 0.34, 0.125):
-        assert _objmae_flops(preset, img, patch, alpha, attention=False) == objmae_step_flops(cfg, alpha)
-    assert _supervised_flops(preset, img, patch, attention=False) == supervised_step_flops(cfg)
+        assert objmae_flops(preset, img, patch, alpha, attention=False) == objmae_step_flops(cfg, alpha)
+    assert supervised_flops(preset, img, patch, attention=False) == supervised_step_flops(cfg)
 
 
 def test_vit_small_flops_and_trial_estimate(tmp_path):
     # ViT-S/16 at 224: ~4.6 GMACs forward = 9.2 GFLOPs (timm / DeiT figure); a step is ~3x that
-    step = _supervised_flops("vit_small", 224, 16)
+    step = supervised_flops("vit_small", 224, 16)
     assert 3 * 9.0e9 < step < 3 * 9.6e9
     # smaller alpha, cheaper ObjMAE step; at alpha 1/4 the ratio is near the paper's 3.6x
-    ratio = step / _objmae_flops("vit_small", 224, 16, 0.25)
+    ratio = step / objmae_flops("vit_small", 224, 16, 0.25)
     assert 3.0 < ratio < 4.5
     spec = load_spec(write(tmp_path, SMOKE_LIKE))
     cfg = spec.base.model_copy(update={})
-    expected = (1 * 16 * _objmae_flops("micro", 32, 8, cfg.masking.alpha)
-                + 1 * 16 * _supervised_flops("micro", 32, 8))  # synthetic: no val images counted
+    expected = (1 * 16 * objmae_flops("micro", 32, 8, cfg.masking.alpha)
+                + 1 * 16 * supervised_flops("micro", 32, 8))  # synthetic: no val images counted
     assert math.isclose(trial_flops(cfg, spec), expected)
 
 

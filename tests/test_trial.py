@@ -233,8 +233,6 @@ def test_non_finite_loss_stops_the_trial_and_keeps_the_checkpoint(synthetic_root
 
     def nan_after_five(self, imgs, *args, **kwargs):
         loss = real_loss(self, imgs, *args, **kwargs)
-        if imgs.device.type == "meta":  # the FLOP count of speedup_estimate, not a training step
-            return loss
         calls["n"] += 1
         return loss * float("nan") if calls["n"] > 5 else loss
 
@@ -274,6 +272,17 @@ def test_flop_count_on_meta_adds_exactly_the_attention_matmuls():
     with torch.device("meta"):
         meta = supervised_step_flops(cfg)
     assert meta - cpu == 3 * 2 * 4 * 17 ** 2 * 64
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.34, 0.125])
+def test_speedup_estimate_formula_equals_flop_counter_on_meta(alpha):
+    """The closed form a trial reports equals FlopCounterMode's count (attention included) on meta."""
+    from objmae_ray.train.flops import objmae_step_flops, supervised_step_flops
+
+    cfg = ModelConfig(preset="micro", img_size=64, patch_size=8)
+    with torch.device("meta"):
+        counted = supervised_step_flops(cfg) / objmae_step_flops(cfg, alpha)
+    assert speedup_estimate(cfg, alpha) == pytest.approx(counted, rel=1e-12)
 
 
 def test_speedup_estimate_grows_as_alpha_shrinks():

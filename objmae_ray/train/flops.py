@@ -6,11 +6,12 @@ batch of 1 (FLOPs per image do not depend on the batch size):
     length; throwout can only make it shorter, so this is a lower bound on the speed-up there);
   - the supervised baseline: the timm ViT of the same preset / patch size / image size on all N
     patches with a 1000-class head (paper Table 4 compares with a standard ViT-S step).
-`speedup_estimate` counts on the `meta` device (shapes only: ~2 s for ViT-S/224 instead of ~10 s of
-CPU arithmetic). There scaled-dot-product attention decomposes into `bmm`s, so every matmul is counted:
-linears, patch projection and attention (4 T^2 D per block forward, backward 2x forward), which equals
-`objmae_ray.spec`'s formula with attention. Called on a CPU, `objmae_step_flops` / `supervised_step_flops`
-miss the attention (the fused CPU SDPA kernel has no FLOP formula), i.e. the formula without attention.
+`objmae_flops` / `supervised_flops` are the closed-form matmul count (patch projection, qkv,
+projection, MLP, attention 4 T^2 D per block, heads; backward = 2x forward): instant, so a trial
+and `objmae-sweep validate` (GPU-hours) use them. `objmae_step_flops` / `supervised_step_flops`
+count the real model with FlopCounterMode and are the check the tests hold the formula to: on the
+`meta` device every matmul incl. attention is counted (equal to the formula); on a CPU the fused
+SDPA kernel has no FLOP formula, so the count equals the formula with `attention=False`.
 The ratio ignores memory traffic, optimiser and data loading, so it is an upper bound on the wall-clock
 speed-up; Table 4 measured 1.9x-9.2x.
 """
@@ -21,7 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from objmae_ray.config import ModelConfig
 from objmae_ray.masking import target_length
-from objmae_ray.model import create_objmae, create_vit_classifier
+from objmae_ray.model import create_objmae, create_vit_classifier, get_preset
 
 
 def _train_step_flops(step) -> int:
@@ -49,10 +50,48 @@ def supervised_step_flops(model_cfg: ModelConfig, num_classes: int = 1000) -> in
     return _train_step_flops(lambda: torch.nn.functional.cross_entropy(model(imgs), labels).backward())
 
 
+def blocks_flops(depth: int, width: int, tokens: int, mlp_ratio: float, attention: bool = True) -> float:
+    """Forward matmul FLOPs of `depth` ViT blocks on `tokens` tokens: qkv, proj, MLP (+ attention QK^T, AV)."""
+    linear = 2 * tokens * width * width * (4 + 2 * mlp_ratio)
+    return depth * (linear + (4 * tokens * tokens * width if attention else 0))
+
+
+def objmae_flops(preset: str, img_size: int, patch_size: int, alpha: float, attention: bool = True) -> float:
+    """FLOPs of one ObjMAE forward + backward on one image: L source patches encoded, L targets decoded.
+
+    Forward: patch projection of L patches, encoder on 1 + L tokens, decoder embed, decoder on
+    1 + 2L tokens, prediction of L patches. Backward = 2 x forward (gradients of inputs and weights),
+    except the patch projection, whose input (pixels) needs no gradient.
+    """
+    p = get_preset(preset)
+    n = (img_size // patch_size) ** 2
+    length = target_length(alpha, n)
+    pixels = 3 * patch_size * patch_size
+    d, dd = p["embed_dim"], p["decoder_embed_dim"]
+    embed = 2 * length * pixels * d
+    forward = (embed
+               + blocks_flops(p["depth"], d, 1 + length, p["mlp_ratio"], attention)
+               + 2 * (1 + length) * d * dd
+               + blocks_flops(p["decoder_depth"], dd, 1 + 2 * length, p["mlp_ratio"], attention)
+               + 2 * length * dd * pixels)
+    return 3 * forward - embed
+
+
+def supervised_flops(preset: str, img_size: int, patch_size: int, num_classes: int = 1000,
+                      attention: bool = True) -> float:
+    """FLOPs of one supervised ViT forward + backward on one image (all N patches + cls token)."""
+    p = get_preset(preset)
+    n = (img_size // patch_size) ** 2
+    d = p["embed_dim"]
+    embed = 2 * n * 3 * patch_size ** 2 * d
+    forward = embed + blocks_flops(p["depth"], d, 1 + n, p["mlp_ratio"], attention) + 2 * d * num_classes
+    return 3 * forward - embed
+
+
 def speedup_estimate(model_cfg: ModelConfig, alpha: float) -> float:
     """supervised ViT step FLOPs / ObjMAE step FLOPs (> 1 means ObjMAE pre-training is cheaper).
 
     ViT-S/16 at 224 px: alpha 1/2 -> 1.7, 1/4 -> 3.5, 1/8 -> 7.2, 1/16 -> 14.0 (paper, wall clock: 1.9, 3.6, 6.4, 9.2).
     """
-    with torch.device("meta"):
-        return supervised_step_flops(model_cfg) / objmae_step_flops(model_cfg, alpha)
+    m = model_cfg
+    return supervised_flops(m.preset, m.img_size, m.patch_size) / objmae_flops(m.preset, m.img_size, m.patch_size, alpha)
