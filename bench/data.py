@@ -30,8 +30,8 @@ from torch.utils.data import default_collate
 
 from objmae_ray.config import DataConfig
 from objmae_ray.data import build_pretrain_dataset
-from objmae_ray.masking import sample_masks
-from objmae_ray.model import create_objmae
+from objmae_ray.method.masking import sample_masks
+from objmae_ray.method.model import create_objmae
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_COCO_IPS = 150

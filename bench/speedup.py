@@ -30,8 +30,8 @@ import torch.nn.functional as F
 from timm.optim import create_optimizer_v2
 from torch.utils.flop_counter import FlopCounterMode
 
-from objmae_ray.masking import sample_masks, target_length
-from objmae_ray.model import create_objmae, create_vit_classifier
+from objmae_ray.method.masking import sample_masks, target_length
+from objmae_ray.method.model import create_objmae, create_vit_classifier
 
 PAPER_SPEEDUP = {0.5: 1.9, 0.25: 3.6, 0.125: 6.4, 0.0625: 9.2}  # Table 4 (ViT-S, batch 256, TITAN RTX)
 

@@ -9,7 +9,7 @@ then reads the trials' result.json:
   per trial         trial_s (trainable start to last report, Tune's time_total_s), compute_s (sum of
                     the epochs' epoch_time_s: training + evaluation), overhead_s = trial_s - compute_s
                     (Train controller and worker group start, data set-up, checkpoints, reporting);
-                    first_step_s: trainable start to the first optimiser step (objmae_ray.trial's
+                    first_step_s: trainable start to the first optimiser step (objmae_ray/train/loop.py's
                     first_step_at; clocks of one machine)
 Target (report, not assert): wall_s < 300 on this machine. Run it alone (it starts Ray):
   flock /tmp/objmae-ray.lock .venv/bin/python bench/sweep.py
@@ -36,7 +36,7 @@ def main() -> int:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
-    from objmae_ray.report import records_from_dir
+    from objmae_ray.results.records import records_from_dir
 
     with tempfile.TemporaryDirectory(prefix="objmae-bench-") as storage:
         command = [str(Path(sys.executable).parent / "objmae-sweep"), args.spec, "--storage", storage,

@@ -28,7 +28,7 @@ import ray
 
 from objmae_ray.config import TrialConfig
 from objmae_ray.data import ensure_synthetic
-from objmae_ray.trial import run_trial
+from objmae_ray.train.trial import run_trial
 
 
 def bench_config(root: str, args: argparse.Namespace) -> TrialConfig:

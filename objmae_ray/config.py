@@ -2,18 +2,30 @@
 
 Extra keys are forbidden everywhere, so a typo in a YAML file is an error naming the field path,
 never a silently ignored setting. Defaults are the paper's (Tables 1-3); tiny presets exist for CPU.
+The schema checks each field on its own (types, ranges); rules that tie fields together (patch size
+divides the image, CAM needs a cache, warm-up within the phase, ...) live in one place,
+`objmae_ray.train.rules.trial_problems`, which both `objmae-sweep validate` and the trial call.
+
+`trial_from_dict` is the one way to make a TrialConfig from a mapping (a YAML file, a Tune config,
+a checkpoint's JSON). Field paths print dotted everywhere: `transfer.0.lr`.
 """
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal, Mapping, Optional, Union, get_args
 
-from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator,
-                      model_validator)
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError,
+                      field_validator, model_validator)
 
+from objmae_ray.errors import ConfigError
+
+# The paper's knobs as literals, defined once: masking, the data CLI's choices and the checks use these.
 Selection = Literal["object", "inter", "mae", "cam"]
 Padding = Literal["throwout", "zero", "replicate", "random"]
 DatasetKind = Literal["synthetic", "coco", "folder", "cifar100"]
+SELECTIONS: tuple[str, ...] = get_args(Selection)
+PADDINGS: tuple[str, ...] = get_args(Padding)
+DATASET_KINDS: tuple[str, ...] = get_args(DatasetKind)
 
 
 class _Strict(BaseModel):
@@ -23,18 +35,10 @@ class _Strict(BaseModel):
 class ModelConfig(_Strict):
     """ObjMAE encoder/decoder size (Table 1) and tokenisation."""
 
-    preset: str = "vit_small"  # a key of objmae_ray.model.PRESETS
+    preset: str = "vit_small"  # a key of objmae_ray.method.model.PRESETS
     patch_size: int = Field(16, gt=0)
     img_size: int = Field(224, gt=0)
     norm_pix_loss: bool = False
-
-    @model_validator(mode="after")
-    def _patch_divides_image(self) -> "ModelConfig":
-        if self.img_size % self.patch_size:
-            raise ValueError(
-                f"patch_size {self.patch_size} does not divide img_size {self.img_size}"
-            )
-        return self
 
 
 class MaskingConfig(_Strict):
@@ -116,15 +120,55 @@ class TrialConfig(_Strict):
     checkpoint_every: int = Field(1, gt=0)  # epochs between checkpoints
     max_failures: int = Field(1, ge=0)  # Ray Train FailureConfig: worker-group restarts from the latest checkpoint
 
-    @model_validator(mode="after")
-    def _cam_needs_cache(self) -> "TrialConfig":
-        if self.masking.selection == "cam" and not self.pretrain.data.cam_cache:
-            raise ValueError("masking.selection 'cam' needs pretrain.data.cam_cache (build it with `objmae-data cam`)")
-        return self
+
+def dotted(loc) -> str:
+    """('transfer', 0, 'lr') -> 'transfer.0.lr' (the one way field paths are printed)."""
+    return ".".join(str(p) for p in loc)
+
+
+def set_path(config: dict, path: str, value: Any) -> None:
+    """Set a dotted path (`masking.alpha`, `transfer.0.lr`) in a TrialConfig.model_dump() dict."""
+    parts = path.split(".")
+    node: Any = config
+    for part in parts[:-1]:
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    if isinstance(node, list):
+        node[int(parts[-1])] = value
+    else:
+        node[parts[-1]] = value
+
+
+class TrialConfigError(ConfigError):
+    """A mapping that is not a valid TrialConfig; `errors` holds (dotted field, reason) per problem."""
+
+    def __init__(self, source: str, errors: list[tuple[str, str]]):
+        self.errors = errors
+        field, reason = errors[0]
+        more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
+        super().__init__(f"{source}: {field + ': ' if field else ''}{reason}{more}")
+
+
+def trial_from_dict(body: Mapping, params: Mapping[str, Any] | None = None, *,
+                    source: str = "trial config") -> TrialConfig:
+    """TrialConfig from a mapping of its fields, with dotted `params` set on top.
+
+    Keys starting with "_" are reserved (Tune/test hooks) and dropped. Raises TrialConfigError
+    naming each bad field (dotted) and the `source` (a file name, "trial config", ...).
+    """
+    config = {k: v for k, v in body.items() if not str(k).startswith("_")}
+    try:
+        for path, value in (params or {}).items():
+            set_path(config, path, value)
+        return TrialConfig.model_validate(config)
+    except ValidationError as err:
+        errors = [(dotted(e["loc"]), e["msg"].removeprefix("Value error, ")) for e in err.errors()]
+        raise TrialConfigError(source, errors) from None
+    except (KeyError, IndexError, TypeError, ValueError) as err:
+        raise TrialConfigError(source, [("", f"cannot set {', '.join(params or {})} ({err})")]) from None
 
 
 # ---- sweep files (search_spaces/*.yaml) ------------------------------------------------------------
-# Metrics a trial reports each epoch (contract of objmae_ray.trial); objectives and schedulers use them.
+# Metrics a trial reports each epoch (objmae_ray.train.loop's reports); objectives and schedulers use them.
 METRICS = ("top1", "top5", "recon_loss", "speedup_est", "pretrain_time_s", "val_loss", "train_loss",
            "images_per_s", "epoch_time_s", "fallback_frac")
 
@@ -183,10 +227,10 @@ class BudgetSpec(_Strict):
 
 
 class EstimateSpec(_Strict):
-    """Assumptions of the GPU-hours estimate printed by `objmae-sweep validate` (see objmae_ray/spec.py)."""
+    """Assumptions of the GPU-hours estimate printed by `objmae-sweep validate` (see objmae_ray/sweep/plan.py)."""
 
     gpu_tflops: float = Field(25.0, gt=0)  # sustained FLOP/s of one GPU, in TFLOP/s
-    pretrain_images: Optional[int] = Field(None, gt=0)  # default: by dataset kind (spec.DATASET_IMAGES)
+    pretrain_images: Optional[int] = Field(None, gt=0)  # default: by dataset kind (sweep/plan.py DATASET_IMAGES)
     transfer_images: Optional[int] = Field(None, gt=0)
 
 
@@ -256,7 +300,7 @@ class SweepSpec(_Strict):
     """One sweep file: study, objectives, sampler, budget, scheduler, storage, base trial and search space.
 
     `search_space` keys are dotted `TrialConfig` paths (`masking.alpha`, `model.patch_size`,
-    `transfer.0.lr`) or the short names in `objmae_ray.spec.ALIASES` (alpha, padding, patch_size,
+    `transfer.0.lr`) or the short names in `objmae_ray.sweep.space.ALIASES` (alpha, padding, patch_size,
     selection). Each configuration runs `repeats` times with seeds `base.seed + 0 .. repeats-1` and the
     sampler learns from their mean (`seed` can also be searched like any field).
     Resources per trial are `base.resources` (Ray Train workers); `driver_cpus` is the Tune driver's.

@@ -6,6 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from objmae_ray.config import SweepSpec
+from objmae_ray.sweep.rundir import save_spec
+from run_helpers import SPEC, make_trial
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("OBJMAE_SHARED_DATA", REPO.parent / "shared" / "data"))
 
@@ -23,7 +27,7 @@ def ray_cluster(tmp_path_factory):
     """One simulated multi-node Ray cluster for the whole test session (started once).
 
     A head that schedules nothing (CPU 0, like cluster/gpu.yaml) with the dashboard on (see
-    DESIGN.md: Train's cleanup needs the State API), plus two worker nodes of
+    docs/ARCHITECTURE.md: Train's cleanup needs the State API), plus two worker nodes of
     OBJMAE_TEST_CPUS CPUs each, so every Ray test also exercises multi-node placement.
     Tests that remove nodes must add their own node first and remove only that one.
     """
@@ -50,3 +54,17 @@ def ray_session(ray_cluster):
     import ray
 
     return ray
+
+
+@pytest.fixture
+def run_dir(tmp_path) -> Path:
+    """A finished 2 x 2 run (alpha 0.25 / 0.5, two seeds each) with checkpoints (tests/run_helpers.py)."""
+    run = tmp_path / "runs" / "exp-1"
+    save_spec(SweepSpec.model_validate(SPEC), str(run))
+    make_trial(run, "a0", 0.25, 0, [50.0, 60.0], seed=1, speedup=3.5)
+    make_trial(run, "a1", 0.25, 1, [55.0, 70.0], seed=2, speedup=3.5)  # best final top-1
+    make_trial(run, "b0", 0.5, 0, [80.0, 65.0], seed=3, speedup=1.9)   # best top-1 mid-run, not at the end
+    make_trial(run, "b1", 0.5, 1, [40.0, 61.0], seed=4, speedup=1.9)
+    return run
+
+

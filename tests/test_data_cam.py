@@ -116,7 +116,7 @@ def test_cam_errors_name_the_path(tmp_path, resnet):
 
 def test_folder_without_cam_cache_serves_images_for_mae(image_folder):
     """MAE pre-training on an image folder (paper Table 4, alpha 1/2 row): images only, every file kept."""
-    from objmae_ray.masking import sample_masks
+    from objmae_ray.method.masking import sample_masks
 
     cfg = DataConfig(kind="folder", root=str(image_folder.parent))
     ds = build_pretrain_dataset(cfg, img_size=32, patch_size=8, split="train")

@@ -6,7 +6,8 @@ import json
 import pytest
 from PIL import Image
 
-from objmae_ray.data.cli import main, ratio_stats
+from objmae_ray.data.cli import main
+from objmae_ray.data.stats import ratio_stats
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
 

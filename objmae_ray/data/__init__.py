@@ -13,14 +13,13 @@ the train split gets random crops.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 from torch.utils.data import Dataset
 
 from objmae_ray.config import DataConfig
 from objmae_ray.data.cifar import Cifar100
 from objmae_ray.data.coco import CocoImageLabels, CocoObjects
 from objmae_ray.data.folder import CamFolder, SafeImageFolder
+from objmae_ray.data.layout import coco_paths, dataset_root, split_name
 from objmae_ray.data.synthetic import ensure_synthetic
 from objmae_ray.data.transforms import finetune_transform
 from objmae_ray.errors import ConfigError
@@ -28,55 +27,32 @@ from objmae_ray.errors import ConfigError
 __all__ = ["build_pretrain_dataset", "build_classification_dataset", "coco_paths", "ensure_synthetic"]
 
 
-def _split_name(cfg: DataConfig, split: str) -> str:
-    return {"train": cfg.train_split, "val": cfg.val_split}.get(split, split)
-
-
-def _root(cfg: DataConfig) -> Path:
-    if cfg.root is None:
-        raise ConfigError(f"data.root: required for kind '{cfg.kind}'")
-    root = Path(cfg.root).expanduser()
-    if not root.is_dir():
-        raise ConfigError(f"{root}: dataset root not found (data.root)")
-    return root
-
-
-def coco_paths(cfg: DataConfig, split_name: str, *, img_size: int, seed: int = 0) -> tuple[Path, Path]:
-    """(image dir, instances JSON) of one split of a COCO-format dataset (synthetic: generated if needed)."""
-    if cfg.kind == "synthetic":
-        root = ensure_synthetic(cfg.root, num_images=cfg.num_images, img_size=img_size, seed=seed)
-        return root / split_name, root / "annotations" / f"instances_{split_name}.json"
-    root = _root(cfg)
-    ann = Path(cfg.ann_file.replace("{split}", split_name)) if cfg.ann_file else Path("annotations") / f"instances_{split_name}.json"
-    return root / split_name, ann if ann.is_absolute() else root / ann
-
-
 def build_pretrain_dataset(cfg: DataConfig, *, img_size: int, patch_size: int, patch_threshold: float = 0.2,
                            split: str = "train", seed: int = 0, min_ratio: float = 0.05) -> Dataset:
     """Pre-training dataset of dicts (see CocoObjects / CamFolder). `seed`: the synthetic set's seed."""
-    split_name = _split_name(cfg, split)
-    random_crop = split_name == cfg.train_split
+    name = split_name(cfg, split)
+    random_crop = name == cfg.train_split
     if cfg.kind in ("synthetic", "coco"):
-        image_dir, ann_file = coco_paths(cfg, split_name, img_size=img_size, seed=seed)
+        image_dir, ann_file = coco_paths(cfg, name, img_size=img_size, seed=seed)
         return CocoObjects(image_dir, ann_file, img_size=img_size, patch_size=patch_size,
                            patch_threshold=patch_threshold, max_objects=cfg.max_objects, min_ratio=min_ratio,
                            random_crop=random_crop)
     if cfg.kind == "folder":
-        return CamFolder(_root(cfg) / split_name, cfg.cam_cache, img_size=img_size, patch_size=patch_size,
+        return CamFolder(dataset_root(cfg) / name, cfg.cam_cache, img_size=img_size, patch_size=patch_size,
                          random_crop=random_crop)
     raise ConfigError(f"data.kind: '{cfg.kind}' has no object or CAM information; use it for fine-tuning only")
 
 
 def build_classification_dataset(cfg: DataConfig, *, img_size: int, split: str, train: bool) -> tuple[Dataset, int]:
     """(dataset of (image [3, S, S], label), num_classes) with the BiT-style train / eval transform."""
-    split_name = _split_name(cfg, split)
+    name = split_name(cfg, split)
     # synthetic labels name the main object: keep crops large enough to show it
     transform = finetune_transform(img_size, train, crop_scale=(0.35, 1.0) if cfg.kind == "synthetic" else (0.08, 1.0))
     if cfg.kind in ("synthetic", "coco"):
-        image_dir, ann_file = coco_paths(cfg, split_name, img_size=img_size)
+        image_dir, ann_file = coco_paths(cfg, name, img_size=img_size)
         dataset = CocoImageLabels(image_dir, ann_file, transform=transform)
     elif cfg.kind == "folder":
-        dataset = SafeImageFolder(_root(cfg) / split_name, transform=transform)
+        dataset = SafeImageFolder(dataset_root(cfg) / name, transform=transform)
     else:
-        dataset = Cifar100(_root(cfg), train=split_name == cfg.train_split, transform=transform)
+        dataset = Cifar100(dataset_root(cfg), train=name == cfg.train_split, transform=transform)
     return dataset, dataset.num_classes

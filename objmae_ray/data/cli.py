@@ -13,13 +13,19 @@ import logging
 import sys
 
 import numpy as np
+import torch
 
-from objmae_ray.config import DataConfig
+from objmae_ray.config import PADDINGS, SELECTIONS, DataConfig
+from objmae_ray.data.cam import build_cam_cache, create_cam_model
+from objmae_ray.data.stats import object_ratio_stats, segmentation_dataset
+from objmae_ray.data.synthetic import ensure_synthetic
+from objmae_ray.data.transforms import denormalize
 from objmae_ray.errors import ConfigError
+from objmae_ray.method.masking import sample_masks
 
 
 def _add_dataset_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--kind", choices=["synthetic", "coco"], default="synthetic")
+    p.add_argument("--kind", choices=["synthetic", "coco"], default="synthetic")  # the segmentation kinds
     p.add_argument("--root", default=None, help="COCO root (coco) or cache dir (synthetic)")
     p.add_argument("--ann-file", default=None, help="instances JSON, relative to --root unless absolute")
     p.add_argument("--split", default="train", help="split directory name, e.g. train2017")
@@ -29,64 +35,21 @@ def _add_dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-ratio", type=float, default=0.05)
 
 
-def _dataset(args, *, random_crop: bool):
-    from objmae_ray.data import coco_paths
-    from objmae_ray.data.coco import CocoObjects
-
-    cfg = DataConfig(kind=args.kind, root=args.root, ann_file=args.ann_file, num_images=args.num_images)
-    image_dir, ann_file = coco_paths(cfg, args.split, img_size=args.img_size)
-    return CocoObjects(image_dir, ann_file, img_size=args.img_size, patch_size=args.patch_size,
-                       min_ratio=args.min_ratio, random_crop=random_crop, max_objects=cfg.max_objects)
-
-
-def ratio_stats(ratios: np.ndarray, min_ratio: float) -> dict:
-    """Object-ratio distribution (paper Fig. 5) as numbers."""
-    eligible = ratios[ratios >= min_ratio]
-    quantiles = np.quantile(ratios, [0.1, 0.25, 0.5, 0.75, 0.9]) if len(ratios) else [float("nan")] * 5
-    return {
-        "count": int(len(ratios)),
-        "mean": float(ratios.mean()) if len(ratios) else float("nan"),
-        "quantiles": {q: float(v) for q, v in zip(["0.1", "0.25", "0.5", "0.75", "0.9"], quantiles)},
-        "share_lt_0.05": float((ratios < 0.05).mean()) if len(ratios) else float("nan"),
-        "share_lt_0.1": float((ratios < 0.1).mean()) if len(ratios) else float("nan"),
-        "eligible_count": int(len(eligible)),
-        "eligible_mean": float(eligible.mean()) if len(eligible) else float("nan"),  # paper: 0.34 on COCO
-    }
+def _data_config(args) -> DataConfig:
+    return DataConfig(kind=args.kind, root=args.root, ann_file=args.ann_file, num_images=args.num_images)
 
 
 def cmd_synth(args) -> dict:
-    from objmae_ray.data.synthetic import ensure_synthetic
-
     root = ensure_synthetic(args.cache, num_images=args.num_images, img_size=args.img_size, seed=args.seed)
     return {"root": str(root)}
 
 
 def cmd_stats(args) -> dict:
-    dataset = _dataset(args, random_crop=False)
-    ratios = np.asarray(dataset.all_object_ratios, dtype=np.float64)
-    out = {"images": dataset.stats, "object_ratio": ratio_stats(ratios, args.min_ratio)}
-    if args.png:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        ax.hist(ratios, bins=np.linspace(0, 1, 41), color="tab:blue")
-        ax.axvline(args.min_ratio, color="tab:red", ls="--", label=f"min ratio {args.min_ratio}")
-        ax.set_xlabel("object ratio (eq. 1)")
-        ax.set_ylabel("objects")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(args.png, dpi=120)
-        plt.close(fig)
-        out["png"] = args.png
-    return out
+    return object_ratio_stats(_data_config(args), args.split, img_size=args.img_size, patch_size=args.patch_size,
+                              min_ratio=args.min_ratio, png=args.png)
 
 
 def cmd_cam(args) -> dict:
-    from objmae_ray.data.cam import build_cam_cache, create_cam_model
-
     model = create_cam_model(args.model, weights=args.weights)
     stats = build_cam_cache(args.image_dir, args.out, model=model, model_name=args.model,
                             weights=args.weights or "timm-hub", img_size=args.img_size, batch_size=args.batch_size)
@@ -98,14 +61,11 @@ def cmd_show(args) -> dict:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import torch
     from matplotlib.patches import Rectangle
 
-    from objmae_ray.data.transforms import denormalize
-    from objmae_ray.masking import sample_masks
-
     torch.manual_seed(args.seed)
-    dataset = _dataset(args, random_crop=False)
+    dataset = segmentation_dataset(_data_config(args), args.split, img_size=args.img_size,
+                                   patch_size=args.patch_size, min_ratio=args.min_ratio)
     sample = dataset[args.index % len(dataset)]
     generator = torch.Generator().manual_seed(args.seed)
     grid = args.img_size // args.patch_size
@@ -165,8 +125,8 @@ def parser() -> argparse.ArgumentParser:
     _add_dataset_args(s)
     s.add_argument("--index", type=int, default=0)
     s.add_argument("--alpha", type=float, default=0.34)
-    s.add_argument("--selection", choices=["object", "inter", "mae"], default="object")
-    s.add_argument("--padding", choices=["throwout", "zero", "replicate", "random"], default="zero")
+    s.add_argument("--selection", choices=[c for c in SELECTIONS if c != "cam"], default="object")
+    s.add_argument("--padding", choices=PADDINGS, default="zero")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--out", required=True)
     s.set_defaults(run=cmd_show)

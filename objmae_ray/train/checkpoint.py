@@ -1,4 +1,4 @@
-"""Trial checkpoint directory (contract 5): save and load, nothing else.
+"""Trial checkpoint directory: save and load, nothing else.
 
 Layout of one checkpoint directory:
   objmae.safetensors      ObjMAE state dict (encoder + decoder), always
@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from objmae_ray.config import TrialConfig
 from objmae_ray.errors import ConfigError
+from objmae_ray.method.model import ObjMAE, objmae_from_config
 
 OBJMAE_FILE = "objmae.safetensors"
 CLASSIFIER_FILE = "classifier.safetensors"
@@ -88,6 +89,19 @@ def read_objmae_checkpoint(directory: str | Path) -> tuple[TrialConfig, dict[str
     except Exception as err:  # JSON or pydantic error in a damaged file
         raise ConfigError(f"{config_file}: not a valid trial config ({str(err).splitlines()[0]})") from None
     return cfg, load_file(str(objmae_file))
+
+
+def objmae_from_checkpoint(directory: str | Path) -> tuple[ObjMAE, TrialConfig]:
+    """The ObjMAE (eval mode, weights loaded) and TrialConfig of a checkpoint directory, from JSON and
+    safetensors only; ConfigError when the weights do not fit the config's model."""
+    cfg, state = read_objmae_checkpoint(directory)
+    model = objmae_from_config(cfg.model)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        reason = str(err).strip().splitlines()[0]
+        raise ConfigError(f"{Path(directory) / OBJMAE_FILE}: does not fit the trial's model config ({reason})") from None
+    return model.eval(), cfg
 
 
 def load_checkpoint(directory: str | Path) -> dict[str, Any]:

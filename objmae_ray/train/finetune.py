@@ -18,7 +18,7 @@ from timm.utils import accuracy
 from torch import Tensor, nn
 
 from objmae_ray.config import ModelConfig, TransferConfig
-from objmae_ray.model import create_vit_classifier
+from objmae_ray.method.model import create_vit_classifier
 from objmae_ray.train.pretrain import EpochStats, StepHook, all_reduce_sums, autocast, check_finite
 
 FINETUNE_DROP_PATH = 0.1  # MAE fine-tuning of ViT-S/B

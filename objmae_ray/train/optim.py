@@ -51,7 +51,7 @@ def build_optimizer(
     )
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, phase: PhaseOptim, *, updates_per_epoch: int) -> Scheduler:
+def build_lr_schedule(optimizer: torch.optim.Optimizer, phase: PhaseOptim, *, updates_per_epoch: int) -> Scheduler:
     """Per-update cosine schedule: warm-up for `warmup_epochs`, cosine to `min_lr` at the end of `epochs`.
 
     Call `scheduler.step_update(global_update_index)` before each optimiser step (index 0 first).

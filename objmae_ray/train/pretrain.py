@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch import nn
 
 from objmae_ray.config import MaskingConfig
-from objmae_ray.masking import Masks, sample_masks
+from objmae_ray.method.masking import Masks, sample_masks
 
 StepHook = Callable[[int, int], None]  # (epoch, step) -> None, called before each step (fault injection in tests)
 

@@ -1,0 +1,128 @@
+"""Export the best trial of a finished sweep: weights that load into timm, the config to rerun it,
+its metrics and a short model card.
+
+`objmae-export RUN_DIR --out DIR [--metric top1] [--mode max]` writes into DIR:
+  encoder.safetensors     the pre-trained ObjMAE encoder under timm VisionTransformer names: loads into
+                          `timm.create_model("vit_small_patch16_224", ...)` with only the head missing
+  classifier.safetensors  the trial's fine-tuned (or linear-probed) timm classifier, when it has one
+  config.yaml             the trial's TrialConfig (`python -m objmae_ray.train.trial config.yaml` reruns it)
+  metrics.json            the trial's final metrics, its searched values, the source checkpoint
+  README.md               model card
+The best trial is the one with the best *final* value of the metric (default: the sweep's first
+objective), read from the trial directories' result.json; its weights come from the checkpoint
+directory of its last report carrying one (`checkpoint_path`, reported by Tune's
+TuneReportCallback). Only JSON and safetensors are read: nothing is unpickled.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import yaml
+from safetensors.torch import save_file
+
+from objmae_ray.config import METRICS, TrialConfig
+from objmae_ray.errors import ConfigError
+from objmae_ray.method.model import ObjMAE, get_preset, timm_vit_name
+from objmae_ray.results.records import TrialRecord, records_from_dir
+from objmae_ray.results.stats import finite
+from objmae_ray.sweep.rundir import SPEC_FILE, load_run_spec
+from objmae_ray.train.checkpoint import objmae_from_checkpoint
+
+ENCODER_FILE, CLASSIFIER_FILE, CONFIG_FILE, METRICS_FILE, CARD_FILE = (
+    "encoder.safetensors", "classifier.safetensors", "config.yaml", "metrics.json", "README.md")
+
+
+def best_trial(run_dir: str | Path, metric: str, mode: str) -> TrialRecord:
+    """The trial with the best final `metric` among those that reported it with a checkpoint."""
+    if mode not in ("max", "min"):
+        raise ConfigError(f"--mode: must be max or min, got {mode!r}")
+    records = [r for r in records_from_dir(run_dir) if finite(r.last.get(metric)) is not None and r.checkpoint_dir()]
+    if not records:
+        raise ConfigError(f"{run_dir}: no trial reported {metric!r} with a checkpoint")
+    sign = 1 if mode == "max" else -1
+    return max(records, key=lambda r: sign * finite(r.last.get(metric)))
+
+
+def encoder_state(model: ObjMAE) -> dict:
+    """The ObjMAE's encoder under timm ViT names, contiguous for safetensors."""
+    return {k: v.contiguous() for k, v in model.encoder_state_dict().items()}
+
+
+def _model_card(record: TrialRecord, cfg: TrialConfig, metrics: dict, metric: str, timm_name: str,
+                has_classifier: bool, study: str) -> str:
+    dims = {k: get_preset(cfg.model.preset)[k] for k in ("embed_dim", "depth", "num_heads")}
+    kwargs = f"img_size={cfg.model.img_size}, patch_size={cfg.model.patch_size}" + "".join(
+        f", {k}={v}" for k, v in dims.items())
+    values = "\n".join(f"| {k} | {v} |" for k, v in record.params.items()) or "| (base trial) | |"
+    shown = "\n".join(f"| {k} | {metrics[k]:.4g} |" for k in METRICS if isinstance(metrics.get(k), (int, float)))
+    transfers = ", ".join(f"{t.mode} on {t.data.kind} ({t.epochs} epoch(s))" for t in cfg.transfer) or "none"
+    classifier = (f"`classifier.safetensors` holds the trial's final {cfg.transfer[-1].mode} classifier "
+                  f"(timm `{timm_name}`, global_pool as trained).") if has_classifier else ""
+    return f"""# ObjMAE encoder: study `{study}`, trial `{record.trial_id}`
+
+Object-wise masked autoencoder (Wu & Mo, "Object-wise Masked Autoencoders for Fast Pre-training")
+ViT encoder, preset `{cfg.model.preset}`, {cfg.model.img_size} px, patch {cfg.model.patch_size}. Best
+trial of the sweep by final `{metric}`.
+
+Pre-training: {cfg.pretrain.epochs} epoch(s) on {cfg.pretrain.data.kind}, alpha {cfg.masking.alpha:.4g},
+selection `{cfg.masking.selection}`, padding `{cfg.masking.padding}`, seed {cfg.seed}.
+Transfer: {transfers}.
+
+| searched | value |
+|---|---|
+{values}
+
+| metric (final report) | value |
+|---|---|
+{shown}
+
+## Use
+
+```python
+import timm
+from safetensors.torch import load_file
+
+model = timm.create_model("{timm_name}", pretrained=False, num_classes=NUM_CLASSES, {kwargs})
+missing, unexpected = model.load_state_dict(load_file("encoder.safetensors"), strict=False)
+assert set(missing) <= {{"head.weight", "head.bias"}} and not unexpected
+```
+
+{classifier}
+`config.yaml` reruns the trial: `python -m objmae_ray.train.trial config.yaml`. Speed-up is a FLOP ratio
+against a supervised ViT step of the same preset, not a measured time.
+"""
+
+
+def export_best(run_dir: str | Path, out: str | Path, *, metric: str | None = None,
+                mode: str | None = None) -> Path:
+    """Export the best trial of the sweep in run_dir into out (see module docstring); return out."""
+    run_dir, out = Path(run_dir), Path(out)
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: run directory not found (remote storage: copy it locally first)")
+    study = run_dir.name
+    if metric is None or mode is None:
+        if not (run_dir / SPEC_FILE).is_file():
+            raise ConfigError(f"{run_dir / SPEC_FILE}: not found; pass --metric and --mode")
+        spec = load_run_spec(run_dir)
+        study = spec.study
+        metric, mode = metric or spec.objectives[0].metric, mode or spec.objectives[0].mode
+    record = best_trial(run_dir, metric, mode)
+    source = record.checkpoint_dir()
+    model, cfg = objmae_from_checkpoint(source)
+    timm_name = timm_vit_name(cfg.model.preset, cfg.model.patch_size, cfg.model.img_size)
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(encoder_state(model), str(out / ENCODER_FILE),
+              metadata={"timm_model": timm_name, "source": "objmae-ray", "trial_id": record.trial_id})
+    has_classifier = (source / CLASSIFIER_FILE).is_file()
+    if has_classifier:
+        shutil.copyfile(source / CLASSIFIER_FILE, out / CLASSIFIER_FILE)
+    (out / CONFIG_FILE).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    metrics = {k: v for k, v in record.last.items() if isinstance(v, (int, float, str, bool)) or v is None}
+    (out / METRICS_FILE).write_text(json.dumps(
+        {"trial_id": record.trial_id, "selected_by": {"metric": metric, "mode": mode}, "params": record.params,
+         "checkpoint": str(source), "metrics": metrics}, indent=2, sort_keys=True, default=str))
+    (out / CARD_FILE).write_text(_model_card(record, cfg, metrics, metric, timm_name, has_classifier, study))
+    return out

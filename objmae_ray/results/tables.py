@@ -1,0 +1,293 @@
+"""Every table of a sweep is one pivot of its trial records, rendered one way (Markdown, CSV, HTML).
+
+`pivot(records, table, spec)` makes one row per combination of the table's dimensions (dotted
+TrialConfig paths) and, per column, the mean and sample std over the row's trials. Two forms:
+
+  results   `results_table(spec)`: results.md / results.csv, written at the end of every sweep. One row
+            per configuration (every searched value, seed too when searched), every trial counted
+            (a stopped trial with its last values), ranked by the first objective, with the Pareto front
+            in (speed-up, top-1) and the trials' statuses.
+  paper     `paper_table(spec)`: report/table<N>_<name>.md / .csv (objmae-report). The paper table whose
+            rows are the searched dimensions (`seed` is a repeat, not a dimension), rows in the order of
+            the searched values, only trials that finished every phase (the others are counted under it).
+
+  searched dimensions                 paper table  columns
+  (any) with 2+ transfer phases       Table 5      speed-up, top-1 / top-5 of every transfer phase
+  alpha                               Table 4      speed-up, pre-train img/s, recon loss, top-1, top-5
+  selection                           Table 6      top-1, top-5 (selective region: intra / inter object)
+  patch_size (+ selection, alpha)     Table 7      top-1, top-5
+  padding                             Table 8      top-1, top-5
+  selection + alpha                   Table 9      top-1, top-5
+  anything else                       ablation     speed-up, pre-train img/s, recon loss, top-1, top-5
+
+Numbers per trial: top-1 / top-5 are the last report of a transfer phase (the final phase's unless the
+column names the phase), recon loss the last pre-train epoch's, speed-up `speedup_est` (FLOP ratio vs a
+supervised ViT step), pre-train img/s the measured throughput of the last pre-train epoch.
+A new column is a `Column` here and an entry in the table that shows it; nothing outside results/ changes.
+"""
+from __future__ import annotations
+
+import csv
+import html
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from objmae_ray.config import ChoiceParam, SweepSpec
+from objmae_ray.results.records import TrialRecord
+from objmae_ray.results.stats import finite, mean_std, pareto_front
+from objmae_ray.sweep.space import describe, searched, short_name
+
+_MODEL = {"object": "ObjMAE", "mae": "MAE", "inter": "ObjMAE (inter)", "cam": "ObjMAE (CAM)"}
+_REGION = {"object": "Intra-object", "inter": "Inter-object", "mae": "Whole image (MAE)", "cam": "CAM region"}
+_PHASE = {"finetune": "Fine-tune", "linear": "Linear probe"}
+_DATA = {"cifar100": "CIFAR-100", "coco": "COCO", "synthetic": "synthetic"}
+_DIM_TITLES = {"masking.alpha": "α", "model.patch_size": "Patch Size", "masking.padding": "Padding Mode"}
+
+
+# ---- columns ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Column:
+    """A metric column: `value(record)` is the trial's number (None if it never reported it)."""
+
+    key: str  # CSV header stem (key_mean, key_std)
+    title: str
+    digits: int
+    value: Callable[[TrialRecord], float | None]
+    suffix: str = ""
+
+
+def last(metric: str) -> Callable[[TrialRecord], float | None]:
+    """The metric of the trial's last report."""
+    return lambda record: finite(record.last.get(metric))
+
+
+def phase_metric(index: int, metric: str) -> Callable[[TrialRecord], float | None]:
+    """The metric of the last report of phase `index` (0: pre-train, i: transfer phase i)."""
+    return lambda record: finite(record.phase_finals().get(index, {}).get(metric))
+
+
+SPEEDUP = Column("speedup", "Speed Up", 1, last("speedup_est"), "x")
+RECON = Column("recon_loss", "Recon Loss", 4, phase_metric(0, "recon_loss"))
+THROUGHPUT = Column("images_per_s", "Pre-train img/s", 1, phase_metric(0, "images_per_s"))  # measured
+PRETRAIN_TIME = Column("pretrain_time_s", "Pre-train s", 1, last("pretrain_time_s"))
+
+
+def top_columns(spec: SweepSpec) -> tuple[Column, Column]:
+    """Top-1 / top-5 of the final transfer phase."""
+    final = len(spec.base.transfer)
+    return (Column("top1", "Top-1", 2, phase_metric(final, "top1")),
+            Column("top5", "Top-5", 2, phase_metric(final, "top5")))
+
+
+def _phase_label(spec: SweepSpec, i: int) -> str:
+    transfer = spec.base.transfer[i - 1]
+    data = _DATA.get(transfer.data.kind) or Path(transfer.data.root or transfer.data.kind).name
+    return f"{_PHASE.get(transfer.mode, transfer.mode)} {data}"
+
+
+def objective_key(metric: str) -> str:
+    """The column key of an objective metric (`speedup_est` is the `speedup` column)."""
+    return {"speedup_est": "speedup"}.get(metric, metric)
+
+
+# ---- tables -----------------------------------------------------------------------------------------
+@dataclass
+class Table:
+    name: str  # file stem
+    heading: str
+    dims: list[str]  # dotted TrialConfig paths, one row per combination of their values
+    columns: list[Column]
+    ranked: bool  # results form (rank, configuration, Pareto, status; every trial) or paper form
+    number: str = ""  # paper table number ("8", "ablation")
+    note: str = ""
+
+
+@dataclass
+class Row:
+    values: dict[str, Any]  # dim -> value
+    trials: list[TrialRecord] = field(default_factory=list)  # the trials the numbers come from
+    excluded: int = 0  # paper form: stopped / failed trials of this row
+    statuses: list[str] = field(default_factory=list)
+    mean: dict[str, float | None] = field(default_factory=dict)
+    std: dict[str, float | None] = field(default_factory=dict)
+
+
+def results_table(spec: SweepSpec) -> Table:
+    """results.md / results.csv: every searched value, ranked by the first objective (module docstring)."""
+    top1, top5 = top_columns(spec)
+    columns = [SPEEDUP, RECON, top1, top5]
+    for i, transfer in enumerate(spec.base.transfer[:-1], start=1):
+        key = f"top1 {i}:{transfer.mode} {transfer.data.kind}"
+        columns.append(Column(key, key, 2, phase_metric(i, "top1")))
+    columns.append(PRETRAIN_TIME)
+    known = {c.key for c in columns}
+    extra = sorted({objective_key(o.metric) for o in spec.objectives} - known)
+    columns += [Column(key, key, 2, last(key)) for key in extra]
+    objectives = ", ".join(f"{o.metric} ({o.mode})" for o in spec.objectives)
+    return Table("results", f"{spec.study}: {{rows}} configurations, ranked by {objectives}",
+                 sorted(searched(spec)), columns, ranked=True,
+                 note="mean ± sample std over repeats; speed-up = FLOP ratio vs a supervised ViT step;"
+                      " Pareto = not dominated in (speed-up, top-1).")
+
+
+def paper_table(spec: SweepSpec) -> Table:
+    """The paper table whose rows are the searched dimensions (see the module docstring)."""
+    dims = [path for path in searched(spec) if path != "seed"]
+    short = {short_name(d) for d in dims}
+    order = ["masking.selection", "masking.alpha", "model.patch_size", "masking.padding"]
+    dims = sorted(dims, key=lambda d: order.index(d) if d in order else len(order))
+    top1, top5 = top_columns(spec)
+    if len(spec.base.transfer) > 1:
+        phases = []
+        for i in range(1, len(spec.base.transfer) + 1):
+            label = _phase_label(spec, i)
+            phases += [Column(f"top1_phase{i}", f"{label} Top-1", 2, phase_metric(i, "top1")),
+                       Column(f"top5_phase{i}", f"{label} Top-5", 2, phase_metric(i, "top5"))]
+        number, name, caption, columns = ("5", "table5_transfer",
+                                          "Transfer of the pre-trained encoder to each downstream task",
+                                          [SPEEDUP] + phases)
+    elif short == {"alpha"}:
+        number, name, caption, columns = ("4", "table4_alpha", "Performance vs. acceleration over alpha",
+                                          [SPEEDUP, THROUGHPUT, RECON, top1, top5])
+    elif short == {"selection"}:
+        number, name, caption, columns = ("6", "table6_selection", "Selective regions (intra- vs inter-object)",
+                                          [top1, top5])
+    elif "patch_size" in short and short <= {"selection", "alpha", "patch_size"}:
+        number, name, caption, columns = "7", "table7_patch_size", "Model, alpha and patch size", [top1, top5]
+    elif short == {"padding"}:
+        number, name, caption, columns = "8", "table8_padding", "Ablation of the padding mode", [top1, top5]
+    elif short == {"selection", "alpha"}:
+        number, name, caption, columns = "9", "table9_alpha", "Ablation of alpha for ObjMAE and MAE", [top1, top5]
+    else:
+        number, name, caption, columns = ("ablation", "table_ablation", "Searched settings",
+                                          [SPEEDUP, THROUGHPUT, RECON, top1, top5])
+    label = f"Table {number}" if number.isdigit() else "Ablation"
+    return Table(name, f"{label} (paper form): {caption} (study {spec.study})", dims, columns, ranked=False,
+                 number=number, note="mean ± sample std over n finished seeds; top-1/5 in %; "
+                                     "speed-up = FLOP ratio vs a supervised ViT step.")
+
+
+# ---- the pivot --------------------------------------------------------------------------------------
+def _dim_order(spec: SweepSpec, dim: str) -> Callable[[Any], tuple]:
+    """Sort key of a dimension's values: the order of its choices in the file, else ascending."""
+    param = searched(spec).get(dim)
+    choices = list(param.choices) if isinstance(param, ChoiceParam) else []
+    return lambda v: (choices.index(v), 0, "") if v in choices else (
+        len(choices), v if isinstance(v, (int, float)) else 0, str(v))
+
+
+def pivot(records: list[TrialRecord], table: Table, spec: SweepSpec) -> list[Row]:
+    """One row per combination of the table's dims among the records, with each column's mean and std.
+
+    Results form: every trial counts, rows ranked by the first objective (missing values last).
+    Paper form: only finished trials count (the rest are `excluded`), rows in the order of the searched values.
+    """
+    rows: dict[tuple, Row] = {}
+    for record in records:
+        values = {d: record.params.get(d) for d in table.dims}
+        row = rows.setdefault(tuple(values.values()), Row(values))
+        row.statuses.append(record.status)
+        if table.ranked or record.status == "done":
+            row.trials.append(record)
+        else:
+            row.excluded += 1
+    for row in rows.values():
+        for column in table.columns:
+            row.mean[column.key], row.std[column.key] = mean_std(
+                [v for v in (column.value(r) for r in row.trials) if v is not None])
+    if table.ranked:
+        objective = spec.objectives[0]
+        key, sign = objective_key(objective.metric), (-1 if objective.mode == "max" else 1)
+        return sorted(rows.values(), key=lambda row: (row.mean.get(key) is None, sign * (row.mean.get(key) or 0.0),
+                                                      describe(row.values)))
+    keys = [_dim_order(spec, d) for d in table.dims]
+    return sorted(rows.values(), key=lambda row: tuple(k(row.values[d]) for k, d in zip(keys, table.dims)))
+
+
+def on_pareto_front(rows: list[Row]) -> set[int]:
+    """Indices of the rows not dominated in (speed-up, top-1) means."""
+    points = [(r.mean.get("speedup"), r.mean.get("top1")) for r in rows]
+    valid = [i for i, p in enumerate(points) if None not in p]
+    return {valid[i] for i in pareto_front([points[i] for i in valid])}
+
+
+# ---- rendering ----------------------------------------------------------------------------------------
+def _dim_title(table: Table, dim: str) -> str:
+    if dim == "masking.selection":
+        return "Selective Region" if table.number == "6" else "Model"
+    return _DIM_TITLES.get(dim, dim)
+
+
+def _dim_text(table: Table, dim: str, value: Any) -> str:
+    if dim == "masking.selection":
+        return (_REGION if table.number == "6" else _MODEL).get(value, str(value))
+    if dim == "masking.padding":
+        return str(value).capitalize()
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _cell(column: Column, mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean:.{column.digits}f}{column.suffix}" + (f" ± {std:.{column.digits}f}" if std else "")
+
+
+def _statuses(row: Row) -> str:
+    return ", ".join(f"{row.statuses.count(s)} {s}" for s in sorted(set(row.statuses)))
+
+
+def text_cells(table: Table, rows: list[Row]) -> tuple[list[str], list[list[str]]]:
+    """(header, body) of the table as text cells: the one renderer behind Markdown and HTML."""
+    columns = [c.title for c in table.columns]
+    if table.ranked:
+        front = on_pareto_front(rows)
+        header = ["rank", "configuration", "runs"] + columns + ["Pareto", "status"]
+        body = [[str(i), describe(row.values), str(len(row.trials))]
+                + [_cell(c, row.mean[c.key], row.std[c.key]) for c in table.columns]
+                + ["*" if i - 1 in front else "", _statuses(row)] for i, row in enumerate(rows, start=1)]
+        return header, body
+    header = [_dim_title(table, d) for d in table.dims] + ["n"] + columns
+    body = [[_dim_text(table, d, row.values[d]) for d in table.dims] + [str(len(row.trials))]
+            + [_cell(c, row.mean[c.key], row.std[c.key]) for c in table.columns] for row in rows]
+    return header, body
+
+
+def heading(table: Table, rows: list[Row]) -> str:
+    return table.heading.replace("{rows}", str(len(rows)))
+
+
+def note(table: Table, rows: list[Row]) -> str:
+    excluded = sum(r.excluded for r in rows)
+    return table.note + (f" {excluded} stopped or failed trial(s) left out." if excluded else "")
+
+
+def markdown(table: Table, rows: list[Row]) -> str:
+    header, body = text_cells(table, rows)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    return f"## {heading(table, rows)}\n\n" + "\n".join(lines) + f"\n\n{note(table, rows)}\n"
+
+
+def html_table(table: Table, rows: list[Row]) -> str:
+    header, body = text_cells(table, rows)
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    cells = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in body)
+    return (f"<h2>{html.escape(heading(table, rows))}</h2>\n<table><thead><tr>{head}</tr></thead>"
+            f"<tbody>{cells}</tbody></table>\n<p class=note>{html.escape(note(table, rows))}</p>\n")
+
+
+def csv_text(table: Table, rows: list[Row]) -> str:
+    """Raw numbers: results form `rank, configuration, runs, <key>_mean, <key>_std, ...`; paper form
+    `<dims>, n, excluded, <key>_mean, <key>_std, ...`."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    stats = [f"{c.key}_{s}" for c in table.columns for s in ("mean", "std")]
+    writer.writerow((["rank", "configuration", "runs"] if table.ranked else table.dims + ["n", "excluded"]) + stats)
+    for i, row in enumerate(rows, start=1):
+        numbers = [v for c in table.columns for v in (row.mean[c.key], row.std[c.key])]
+        lead = ([i, describe(row.values), len(row.trials)] if table.ranked
+                else [row.values[d] for d in table.dims] + [len(row.trials), row.excluded])
+        writer.writerow(lead + ["" if v is None else f"{v:.6g}" for v in numbers])
+    return out.getvalue()

@@ -1,0 +1,106 @@
+"""The search space as Ray Tune's searcher and scheduler: Optuna distributions and sampler (TPE, grid,
+random, NSGA-II) inside OptunaSearch, Tune's Repeater for seeds, a ConcurrencyLimiter, and FIFO or
+ASHA as the trial scheduler.
+
+Repeats: with `repeats: R` every configuration the sampler proposes runs R times (Tune's Repeater),
+with seeds base.seed + 0 .. R-1; the sampler is told the mean of the R results, per objective.
+Grid: `tune.grid_search` cannot be converted to Optuna, so exhaustive ablations use Optuna's
+GridSampler with num_samples = grid size x repeats.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import optuna
+import optuna.distributions as od
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search import ConcurrencyLimiter, Repeater
+from ray.tune.search.optuna import OptunaSearch
+
+from objmae_ray.config import ChoiceParam, SweepSpec
+from objmae_ray.sweep.space import asha_milestones, grid_values, searched
+
+
+class _OptunaSearch(OptunaSearch):
+    """OptunaSearch that skips reports lacking its metric (Tune's own would raise KeyError)."""
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if isinstance(self.metric, str) and self.metric not in result:
+            return
+        super().on_trial_result(trial_id, result)
+
+
+class _GridSampler(optuna.samplers.GridSampler):
+    """GridSampler without its `study.stop()` once the grid is used up: Tune asks for exactly the grid
+    size (x repeats), and stop() outside `study.optimize` raises, which would leave the told trial RUNNING."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        return None
+
+
+class _Repeater(Repeater):
+    """Repeater that averages every objective (Tune's handles a single metric only)."""
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, **kwargs) -> None:
+        group = self._trial_id_to_group[trial_id]
+        metrics = self.searcher.metric if isinstance(self.searcher.metric, list) else [self.searcher.metric]
+        group.report(trial_id, [float((result or {}).get(m, np.nan)) for m in metrics])
+        if group.finished_reporting():
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN column: a failed configuration
+                means = np.nanmean(np.array(group.scores(), dtype=float), axis=0)
+            values = [None if np.isnan(v) else float(v) for v in means]
+            mean_result = None if None in values else dict(zip(metrics, values))
+            self.searcher.on_trial_complete(group.primary_trial_id, result=mean_result, **kwargs)
+
+
+def optuna_space(spec: SweepSpec) -> dict[str, od.BaseDistribution]:
+    """Dotted path -> optuna distribution (grid: every dimension categorical over its values)."""
+    space = {}
+    for path, param in searched(spec).items():
+        if spec.sampler.kind == "grid":
+            space[path] = od.CategoricalDistribution(grid_values(param))
+        elif isinstance(param, ChoiceParam):
+            space[path] = od.CategoricalDistribution(param.choices)
+        elif param.type == "int":
+            space[path] = od.IntDistribution(int(param.low), int(param.high), log=param.log,
+                                             step=int(param.step or 1))
+        else:
+            space[path] = od.FloatDistribution(param.low, param.high, log=param.log, step=param.step)
+    return space
+
+
+def build_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
+    """The Optuna sampler of spec.sampler (seeded)."""
+    s = spec.sampler
+    if s.kind == "grid":
+        return _GridSampler({p: grid_values(v) for p, v in searched(spec).items()}, seed=s.seed)
+    if s.kind == "random":
+        return optuna.samplers.RandomSampler(seed=s.seed)
+    if s.kind == "nsga2":  # population: a third of the budget, 2..50 (Optuna's default is 50)
+        return optuna.samplers.NSGAIISampler(seed=s.seed, population_size=max(2, min(50, spec.num_samples // 3)))
+    return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.n_startup_trials)
+
+
+def build_search(spec: SweepSpec, storage: optuna.storages.BaseStorage | None = None) -> ConcurrencyLimiter:
+    """OptunaSearch over the spec's objectives (+ repeats), limited to spec.concurrency live trials; the
+    study (named after spec.study) lives in `storage` (default: Optuna's in-memory storage)."""
+    metrics = [o.metric for o in spec.objectives]
+    modes = [o.mode for o in spec.objectives]
+    multi = len(metrics) > 1
+    searcher = _OptunaSearch(space=optuna_space(spec), metric=metrics if multi else metrics[0],
+                             mode=modes if multi else modes[0], sampler=build_sampler(spec),
+                             study_name=spec.study, storage=storage)
+    if spec.repeats > 1:
+        searcher = _Repeater(searcher, repeat=spec.repeats, set_index=True)
+    return ConcurrencyLimiter(searcher, max_concurrent=spec.concurrency)
+
+
+def build_trial_scheduler(spec: SweepSpec) -> FIFOScheduler | ASHAScheduler:
+    """Tune's trial scheduler: FIFO, or ASHA on spec.scheduler.metric with one rung step per reported epoch."""
+    if spec.scheduler.kind == "fifo":
+        return FIFOScheduler()
+    grace, max_t = asha_milestones(spec)
+    return ASHAScheduler(time_attr="training_iteration", metric=spec.scheduler.metric, mode=spec.scheduler.mode,
+                         grace_period=grace, max_t=max_t, reduction_factor=spec.scheduler.reduction_factor)

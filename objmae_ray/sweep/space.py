@@ -1,0 +1,159 @@
+"""A sweep's search space: which TrialConfig fields vary, the values they can take, and the TrialConfig
+of one Tune trial.
+
+Keys of `search_space` are dotted TrialConfig paths (`masking.alpha`, `transfer.0.lr`) or the short
+names in ALIASES. A FixedParam sets a field for every trial (it goes into `base_trial`); choices and
+ranges are searched. Tune's trial config is the base trial's model_dump() plus the searcher's flat
+dotted keys and the repeat index (`__trial_index__`), which `trial_from_tune_config` turns back into
+a TrialConfig (seed = base seed + repeat).
+"""
+from __future__ import annotations
+
+import difflib
+import math
+from typing import Any
+
+from pydantic import BaseModel
+
+from objmae_ray.config import (ChoiceParam, FixedParam, RangeParam, SweepSpec, TrialConfig, TrialConfigError,
+                               trial_from_dict)
+
+# Short names for the paper's four knobs.
+ALIASES = {
+    "alpha": "masking.alpha",
+    "padding": "masking.padding",
+    "selection": "masking.selection",
+    "patch_size": "model.patch_size",
+}
+SHORT_NAMES = {path: alias for alias, path in ALIASES.items()}
+TRIAL_INDEX = "__trial_index__"  # ray.tune.search.repeater.TRIAL_INDEX: the repeat of a configuration
+ENUMERATE_LIMIT = 64  # int ranges up to this many values are checked value by value
+
+Param = RangeParam | ChoiceParam | FixedParam
+
+
+def resolve_path(key: str, base: TrialConfig) -> tuple[str, str | None]:
+    """Search-space key -> (dotted TrialConfig path, problem or None). Lists take an index: transfer.0.lr."""
+    path = ALIASES.get(key, key)
+    node: Any = base
+    walked = []
+    for part in path.split("."):
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                return path, f"{'.'.join(walked)} is a list of {len(node)}: use an index 0..{len(node) - 1}"
+            node = node[int(part)]
+        elif isinstance(node, BaseModel):
+            names = list(type(node).model_fields)
+            if part not in names:
+                hint = difflib.get_close_matches(part, names + list(ALIASES), n=1)
+                return path, f"unknown field {'.'.join(walked + [part])!r}" + (
+                    f" (did you mean {hint[0]!r}?)" if hint else "")
+            node = getattr(node, part)
+        else:
+            return path, f"{'.'.join(walked)} is not a section"
+        walked.append(part)
+    if isinstance(node, (BaseModel, list)):
+        return path, f"{path} is a section, not a single setting"
+    return path, None
+
+
+def search_paths(spec: SweepSpec) -> dict[str, str]:
+    """Search-space key -> dotted TrialConfig path (spec already validated)."""
+    return {key: resolve_path(key, spec.base)[0] for key in spec.search_space}
+
+
+def searched(spec: SweepSpec) -> dict[str, RangeParam | ChoiceParam]:
+    """Dotted TrialConfig path -> its (non-fixed) search dimension, in file order."""
+    return {path: spec.search_space[key] for key, path in search_paths(spec).items()
+            if not isinstance(spec.search_space[key], FixedParam)}
+
+
+def short_name(path: str) -> str:
+    """'masking.alpha' -> 'alpha' (the paper's knobs); any other path as it is."""
+    return SHORT_NAMES.get(path, path)
+
+
+def describe(values: dict[str, Any]) -> str:
+    """'alpha=0.1379, padding=zero': a configuration's searched values (short names, 4 significant digits)."""
+    return ", ".join(f"{short_name(k)}={v:.4g}" if isinstance(v, float) else f"{short_name(k)}={v}"
+                     for k, v in values.items()) or "base"
+
+
+def describe_param(param: Param) -> str:
+    """'choices [...]', 'float [0.1, 0.5] log', 'fixed 8'."""
+    if isinstance(param, FixedParam):
+        return f"fixed {param.value!r}"
+    if isinstance(param, ChoiceParam):
+        return f"choices {param.choices}"
+    return (f"{param.type} [{param.low:g}, {param.high:g}]" + (" log" if param.log else "")
+            + (f" step {param.step:g}" if param.step else ""))
+
+
+def grid_values(param: Param) -> list | None:
+    """All values of an enumerable dimension (choices, fixed, int range, stepped range), else None."""
+    if isinstance(param, FixedParam):
+        return [param.value]
+    if isinstance(param, ChoiceParam):
+        return list(param.choices)
+    if param.log:
+        if param.type == "int" and param.high - param.low < 10 * ENUMERATE_LIMIT:
+            return list(range(int(param.low), int(param.high) + 1))
+        return None
+    step = param.step if param.step is not None else (1 if param.type == "int" else None)
+    if step is None:
+        return None
+    count = int(math.floor((param.high - param.low) / step + 1e-9)) + 1
+    if count > 100_000:
+        return None
+    if param.type == "int":
+        return [int(param.low) + i * int(step) for i in range(count)]
+    return [round(param.low + i * step, 12) for i in range(count)]
+
+
+def candidates(param: Param) -> list:
+    """Values a trial can receive that the checks try (all of them where few, else the range endpoints)."""
+    values = grid_values(param)
+    if not isinstance(param, RangeParam) or (values is not None and len(values) <= ENUMERATE_LIMIT):
+        return values
+    if param.type == "int":
+        return [int(param.low), int(param.high)]
+    return [param.low, param.high]
+
+
+def grid_size(spec: SweepSpec) -> int:
+    """Configurations of the full grid over the searched dimensions (grid sampler only)."""
+    return math.prod(len(grid_values(p) or [None]) for p in searched(spec).values())
+
+
+def num_configurations(spec: SweepSpec) -> int:
+    """Configurations the sweep tries: the grid size, or num_samples."""
+    return grid_size(spec) if spec.sampler.kind == "grid" else (spec.num_samples or 0)
+
+
+def base_trial(spec: SweepSpec) -> TrialConfig:
+    """spec.base with the search space's fixed values applied (the config every trial starts from)."""
+    fixed = {}
+    for key, param in spec.search_space.items():
+        path, problem = resolve_path(key, spec.base)
+        if isinstance(param, FixedParam) and problem is None:
+            fixed[path] = param.value
+    try:
+        return trial_from_dict(spec.base.model_dump(), fixed)
+    except TrialConfigError:  # reported by the checks
+        return spec.base
+
+
+def trial_from_tune_config(config: dict) -> TrialConfig:
+    """The TrialConfig of one Tune trial config: base keys, dotted searched values, seed + repeat index."""
+    params = {k: v for k, v in config.items() if "." in k}
+    body = {k: v for k, v in config.items() if "." not in k}
+    body["seed"] = int(body.get("seed", 0)) + int(config.get(TRIAL_INDEX, 0))
+    return trial_from_dict(body, params)
+
+
+def asha_milestones(spec: SweepSpec) -> tuple[int, int]:
+    """(grace_period, max_t) in reports (one per epoch): default grace = pre-train epochs + 1."""
+    base = base_trial(spec)
+    max_t = base.pretrain.epochs + sum(t.epochs for t in base.transfer)
+    grace = spec.scheduler.grace_period or base.pretrain.epochs + 1
+    return grace, max_t

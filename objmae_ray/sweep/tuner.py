@@ -1,0 +1,129 @@
+"""The sweep on Ray: a validated SweepSpec -> tune.Tuner over ObjMAE trials, fitted or resumed.
+
+  sweep_trainable              the Tune function trainable of one trial: its TrialConfig, then
+                               objmae_ray.train.trial.tune_trainable (a Ray Train run)
+  driver_resources             what one trial's Tune driver asks for (the Train workers hold the real resources)
+  build_tuner / restore_tuner  tune.Tuner with the searcher and scheduler of objmae_ray/sweep/search.py
+  connect                      join a cluster or start a local Ray with the dashboard
+  run_sweep                    fit or resume to the end; returns the run path and the ResultGrid
+
+Trial config: Tune's `param_space` is the base TrialConfig (fixed search values applied) and the
+searcher adds flat dotted keys (`masking.alpha`) that `space.trial_from_tune_config` writes into it.
+Resume: Tune saves the searcher, scheduler and trial states in the experiment directory;
+`--resume` restores them (`Tuner.restore(..., resume_errored=True)`), so finished trials are kept
+and not rerun, and unfinished ones restart from their latest Ray Train checkpoint.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import ray
+from ray import tune
+
+from objmae_ray.config import SweepSpec
+from objmae_ray.errors import ConfigError
+from objmae_ray.sweep.cluster import DRIVER_RESOURCE
+from objmae_ray.sweep.plan import plan
+from objmae_ray.sweep.rundir import default_name, latest_run, run_path, save_spec, storage_uri, trial_statuses
+from objmae_ray.sweep.search import build_search, build_trial_scheduler
+from objmae_ray.sweep.space import TRIAL_INDEX, base_trial, num_configurations, trial_from_tune_config
+from objmae_ray.train.trial import tune_trainable
+
+
+def sweep_trainable(config: dict) -> None:
+    """Ray Tune function trainable of one sweep trial: objmae_ray.train.trial.tune_trainable on its TrialConfig."""
+    cfg = trial_from_tune_config(config)
+    cfg.name = tune.get_context().get_trial_name() or cfg.name
+    reserved = {k: v for k, v in config.items() if k.startswith("_") and k != TRIAL_INDEX}
+    tune_trainable({**cfg.model_dump(), **reserved})
+
+
+def trial_dirname(trial) -> str:
+    """Short trial directory names (Tune's default packs every config value into the name)."""
+    return f"trial_{trial.trial_id}"
+
+
+def driver_resources(spec: SweepSpec) -> dict[str, float]:
+    """Resources of one trial's Tune driver (the Train workers hold the real ones).
+
+    One unit of the head's DRIVER_RESOURCE when the cluster offers it (cluster/gpu.yaml): drivers,
+    and the Train controllers Ray pins to the driver's node, then never sit on a spot worker, so a
+    reclaim costs only that trial's workers, which restart from the latest checkpoint (Train
+    FailureConfig). Without it: `driver_cpus` CPUs anywhere.
+    """
+    if ray.is_initialized() and ray.cluster_resources().get(DRIVER_RESOURCE, 0) >= 1:
+        return {"cpu": 0, DRIVER_RESOURCE: 1}
+    return {"cpu": spec.driver_cpus}
+
+
+def _with_resources(spec: SweepSpec, trainable: Callable):
+    return tune.with_resources(trainable, driver_resources(spec))
+
+
+def build_tuner(spec: SweepSpec, *, name: str, storage: str | None = None,
+                trainable: Callable = sweep_trainable) -> tune.Tuner:
+    """tune.Tuner of the sweep: searcher, scheduler, trial count, storage (nothing runs yet)."""
+    storage = storage_uri(storage or spec.storage)
+    param_space = base_trial(spec).model_dump()
+    param_space["_storage_path"] = f"{storage.rstrip('/')}/{name}"  # inner Ray Train runs: shared storage
+    return tune.Tuner(
+        _with_resources(spec, trainable),
+        param_space=param_space,
+        tune_config=tune.TuneConfig(search_alg=build_search(spec), scheduler=build_trial_scheduler(spec),
+                                    num_samples=num_configurations(spec) * spec.repeats,
+                                    trial_dirname_creator=trial_dirname),
+        run_config=tune.RunConfig(name=name, storage_path=storage,
+                                  failure_config=tune.FailureConfig(max_failures=0)),
+    )
+
+
+def restore_tuner(spec: SweepSpec, path: str, trainable: Callable = sweep_trainable) -> tune.Tuner:
+    """The interrupted sweep at path, to continue: finished trials kept, unfinished and errored resumed."""
+    if not tune.Tuner.can_restore(path):
+        raise ConfigError(f"{path}: no Tune experiment to resume here")
+    return tune.Tuner.restore(path, trainable=_with_resources(spec, trainable), resume_errored=True)
+
+
+def connect(address: str | None) -> str:
+    """Connect to a cluster (`auto`, HOST:PORT) or start a local Ray with the dashboard; return its URL."""
+    if not ray.is_initialized():
+        kwargs = {"address": address} if address else {"address": "local", "include_dashboard": True}
+        ray.init(configure_logging=False, **kwargs)
+    from ray._private.worker import get_dashboard_url
+
+    url = get_dashboard_url()
+    return f"http://{url}" if url and "://" not in url else (url or "(dashboard not available)")
+
+
+def unfinished_trials(spec: SweepSpec, path: str, results) -> int:
+    """Trials of the plan not yet TERMINATED or ERROR (after Ctrl-C: what --resume will run)."""
+    statuses = trial_statuses(path)
+    if not statuses:  # remote storage: the ResultGrid's view
+        return num_configurations(spec) * spec.repeats - results.num_terminated - results.num_errors
+    done = sum(status in ("TERMINATED", "ERROR") for status in statuses.values())
+    return num_configurations(spec) * spec.repeats - done
+
+
+def run_sweep(spec: SweepSpec, *, address: str | None = None, name: str | None = None,
+              storage: str | None = None, resume: bool = False, trainable: Callable = sweep_trainable,
+              echo: Callable[[str], None] = print) -> tuple[str, tune.ResultGrid]:
+    """Run (or resume) the sweep to the end; return (run path, ResultGrid). The results and report are
+    written by the caller (objmae_ray/results, from the CLI)."""
+    if resume and name is None:
+        name = latest_run(spec, storage)
+    name = name or default_name(spec)
+    path = run_path(spec, name, storage)
+    for line in plan(spec).lines(spec):
+        echo(line)
+    echo(f"Ray dashboard: {connect(address)}")
+    if resume:
+        tuner = restore_tuner(spec, path, trainable)
+        echo(f"resuming {path}")
+    else:
+        if "://" not in path and Path(path).exists():
+            raise ConfigError(f"{path}: already exists (pass --resume to continue it, or another --name)")
+        save_spec(spec, path)
+        tuner = build_tuner(spec, name=name, storage=storage, trainable=trainable)
+        echo(f"running {path}")
+    return path, tuner.fit()

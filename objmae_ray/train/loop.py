@@ -1,0 +1,351 @@
+"""The train loop of one trial inside one Ray Train worker: ObjMAE pre-training, then each transfer
+phase (fine-tune and/or linear probe), reporting and checkpointing every epoch.
+
+`train_loop_per_worker(config)` is what the TorchTrainer runs (config = {"trial": TrialConfig dump,
+"hooks": dict | None}); `TrialRun` holds one worker's model, counters and resume point; a `Worker`
+is its runtime (Ray Train via `ray_worker()`, or `LocalRun` in a plain process for unit tests).
+
+Metrics (flat, one report per epoch): phase, phase_index, epoch (0-based within the phase),
+recon_loss (the pre-train epoch's loss; in transfer phases the last pre-train value), train_loss, top1,
+top5, val_loss, val_images (transfer phases; top1/top5/val_loss are 0.0 during pre-training so Tune
+schedulers always find the metric), images_per_s, epoch_time_s (train + eval), pretrain_time_s
+(cumulative pre-train compute time), speedup_est (method/flops.py), fallback / fallback_frac (images
+that had no eligible object), lr, loop_start_at / first_step_at (unix times this worker group entered
+the train loop / made its first optimiser step), report_time_s (seconds this worker process spent in
+earlier reports: checkpoint write + upload + Ray's report), done (True on the last report).
+A checkpoint (checkpoint.py layout) goes with every report when checkpoint_every = 1, else every
+`checkpoint_every` epochs and at the end of every phase.
+
+Devices: DDP and the distributed sampler come from ray.train.torch.prepare_model / prepare_data_loader;
+on GPU the forward passes run under bf16 autocast (losses in fp32), on CPU in fp32.
+
+Reproducibility: model init from torch.manual_seed(seed); every epoch re-seeds torch / random / numpy,
+the DataLoader generator and the mask generator from (seed, phase, epoch, rank); the DistributedSampler
+uses (seed, epoch). So a run resumed from a checkpoint reproduces a clean run's numbers exactly on the
+same hardware, and at most the interrupted epoch is redone.
+
+Test hooks (`hooks`, never set by a sweep): {"kill_at": [phase, epoch, step], "kill_marker": path}
+makes rank 0 SIGKILL itself once before that step, after Ray Train has registered its last report
+(the marker file makes it happen once); {"param_dump_dir": path} makes every rank write a hash of its
+parameters and its sample indices after each epoch, and append "rank phase epoch pid" to epochs.log.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from objmae_ray.config import PhaseOptim, TrialConfig, trial_from_dict
+from objmae_ray.data import build_classification_dataset, build_pretrain_dataset
+from objmae_ray.errors import ConfigError
+from objmae_ray.method.flops import speedup_estimate
+from objmae_ray.method.model import objmae_from_config
+from objmae_ray.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from objmae_ray.train.finetune import build_classifier, evaluate, train_classifier_epoch, trainable_module
+from objmae_ray.train.optim import build_lr_schedule, build_optimizer
+from objmae_ray.train.pretrain import pretrain_epoch
+from objmae_ray.train.rules import trial_phases
+
+# ---- where a worker runs: Ray Train or a plain process ---------------------------------------------
+
+@dataclass
+class Worker:
+    """What the train loop needs from its runtime (Ray Train in production, a plain process in unit tests)."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+    prepare_model: Callable[[nn.Module], nn.Module]
+    prepare_loader: Callable[..., Any]  # (loader, add_dist_sampler: bool) -> iterable of batches on device
+    report: Callable[[dict, str | None, str], None]  # (metrics, checkpoint dir or None, checkpoint name)
+    latest_checkpoint: Callable[[], dict | None]  # load_checkpoint() of the latest reported checkpoint
+    wait_committed: Callable[[], None] = lambda: None  # block until every report so far is registered
+
+
+def ray_worker() -> Worker:
+    """The Worker of the current Ray Train worker process."""
+    import ray.train
+    import ray.train.torch
+
+    ctx = ray.train.get_context()
+
+    def report(metrics: dict, checkpoint_dir: str | None, checkpoint_name: str) -> None:
+        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_name if checkpoint else None)
+
+    def wait_committed() -> None:
+        ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED,
+                                               timeout_s=60)
+
+    def latest_checkpoint() -> dict | None:
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as directory:
+            return load_checkpoint(directory)
+
+    return Worker(
+        rank=ctx.get_world_rank(), world_size=ctx.get_world_size(), device=ray.train.torch.get_device(),
+        prepare_model=ray.train.torch.prepare_model,
+        prepare_loader=lambda loader, add_dist_sampler=True: ray.train.torch.prepare_data_loader(
+            loader, add_dist_sampler=add_dist_sampler),
+        report=report, latest_checkpoint=latest_checkpoint, wait_committed=wait_committed)
+
+
+@dataclass
+class LocalRun:
+    """A single-process Worker without Ray (unit tests, debugging): checkpoints go to `directory`."""
+
+    directory: Path
+    reports: list[dict] = field(default_factory=list)
+    checkpoints: list[Path] = field(default_factory=list)
+
+    def worker(self) -> Worker:
+        def report(metrics: dict, checkpoint_dir: str | None, checkpoint_name: str) -> None:
+            self.reports.append(dict(metrics))
+            if checkpoint_dir:
+                target = self.directory / checkpoint_name
+                shutil.copytree(checkpoint_dir, target, dirs_exist_ok=True)
+                self.checkpoints.append(target)
+
+        def latest_checkpoint() -> dict | None:
+            return load_checkpoint(self.checkpoints[-1]) if self.checkpoints else None
+
+        return Worker(rank=0, world_size=1, device=torch.device("cpu"), prepare_model=lambda m: m,
+                      prepare_loader=lambda loader, add_dist_sampler=True: loader,
+                      report=report, latest_checkpoint=latest_checkpoint)
+
+
+# ---- the train loop ---------------------------------------------------------------------------------
+
+def epoch_seed(seed: int, phase_index: int, epoch: int, rank: int) -> int:
+    """A 63-bit seed for (trial seed, phase, epoch, worker rank) via numpy's SeedSequence."""
+    return int(np.random.SeedSequence([seed, phase_index, epoch, rank]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def _param_hash(model: nn.Module) -> str:
+    digest = hashlib.sha256()
+    for param in getattr(model, "module", model).parameters():
+        digest.update(param.detach().cpu().float().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class TrialRun:
+    """State of one trial inside one worker: the ObjMAE model, progress counters and the resume point."""
+
+    def __init__(self, cfg: TrialConfig, worker: Worker, hooks: dict | None = None):
+        self.loop_start_at = time.time()
+        self.cfg, self.worker, self.hooks = cfg, worker, hooks or {}
+        self.phases = trial_phases(cfg)
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        self.objmae = objmae_from_config(cfg.model)
+        self.resume = worker.latest_checkpoint()
+        if self.resume and self.resume["config"] != cfg:
+            raise ConfigError(f"{cfg.name}: the run's latest checkpoint was written by a different TrialConfig; "
+                              f"use a new run name or storage path")
+        state = self.resume["train_state"] if self.resume else {}
+        self.pretrain_time_s = state.get("pretrain_time_s", 0.0)
+        self.recon_loss = state.get("recon_loss", 0.0)
+        if self.resume:
+            self.objmae.load_state_dict(self.resume["objmae"])
+            set_rng_state(state["rng"])
+        self.speedup: float | None = None  # computed at the first report, off the path to the first step
+        self.first_step_at: float | None = None
+        self.report_time_s = 0.0  # time this process spent in earlier reports (checkpoint write + Ray report)
+
+    # -- helpers --
+    def start_epoch(self, phase_index: int) -> int | None:
+        """First epoch to run in this phase (None: the phase already finished in a checkpoint)."""
+        if not self.resume:
+            return 0
+        state = self.resume["train_state"]
+        if phase_index < state["phase_index"]:
+            return None
+        if phase_index > state["phase_index"]:
+            return 0
+        return state["epoch"] + 1 if state["epoch"] + 1 < self.phases[phase_index][2].epochs else None
+
+    def seed_epoch(self, phase_index: int, epoch: int, loader, generator: torch.Generator) -> int:
+        """Seed every RNG the epoch uses from (seed, phase, epoch, rank); returns that seed."""
+        seed = epoch_seed(self.cfg.seed, phase_index, epoch, self.worker.rank)
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed % 2**32)
+        generator.manual_seed(seed)
+        sampler = getattr(loader, "sampler", None)
+        if hasattr(sampler, "set_epoch"):  # DistributedSampler (world_size > 1): same order on every rank
+            sampler.seed = self.cfg.seed
+            sampler.set_epoch(phase_index * 100_000 + epoch)
+        return seed
+
+    def train_loader(self, dataset: Dataset, phase_index: int) -> tuple[Any, torch.Generator, int]:
+        """(loader with Ray's DistributedSampler, its generator, global batch) for a phase's training split."""
+        path, _, phase = self.phases[phase_index]
+        per_worker = phase.batch_size // self.worker.world_size
+        generator = torch.Generator()
+        loader = DataLoader(dataset, batch_size=per_worker, shuffle=True, drop_last=True, generator=generator,
+                            num_workers=phase.data.loader_workers, persistent_workers=False)
+        loader = self.worker.prepare_loader(loader, add_dist_sampler=True)
+        if len(loader) == 0:
+            raise ConfigError(f"{path}.batch_size: {phase.batch_size} images per step but the "
+                              f"training split has only {len(dataset)} images ({self.worker.world_size} workers)")
+        return loader, generator, per_worker * self.worker.world_size
+
+    def eval_loader(self, dataset: Dataset, phase: PhaseOptim):
+        """This rank's disjoint share of the held-out split (no padding duplicates)."""
+        share = Subset(dataset, range(self.worker.rank, len(dataset), self.worker.world_size))
+        loader = DataLoader(share, batch_size=max(1, phase.batch_size // self.worker.world_size),
+                            shuffle=False, num_workers=phase.data.loader_workers)
+        return self.worker.prepare_loader(loader, add_dist_sampler=False)
+
+    def on_step(self, phase: str) -> Callable[[int, int], None]:
+        """Step hook: records the first optimiser step's time; test-only fault injection (`_hooks.kill_at`)."""
+        kill_at, marker = self.hooks.get("kill_at"), self.hooks.get("kill_marker")
+
+        def hook(epoch: int, step: int) -> None:
+            if self.first_step_at is None:
+                self.first_step_at = time.time()
+            if (kill_at and self.worker.rank == 0 and list(kill_at) == [phase, epoch, step]
+                    and marker and not Path(marker).exists()):
+                self.worker.wait_committed()  # a crash mid-epoch comes long after the last report
+                Path(marker).write_text(f"killed rank 0 pid {os.getpid()} at {phase} epoch {epoch} step {step}\n")
+                os.kill(os.getpid(), signal.SIGKILL)
+        return hook
+
+    def dump_params(self, model: nn.Module, loader, phase_index: int, epoch: int) -> None:
+        directory = self.hooks.get("param_dump_dir")
+        if not directory:
+            return
+        indices = list(iter(loader.sampler)) if hasattr(loader.sampler, "set_epoch") else []
+        record = {"rank": self.worker.rank, "param_sha256": _param_hash(model), "sample_indices": indices}
+        Path(directory, f"rank{self.worker.rank}-phase{phase_index}-epoch{epoch}.json").write_text(json.dumps(record))
+        with open(Path(directory, "epochs.log"), "a") as log:  # one line per epoch run, across restarts
+            log.write(f"{self.worker.rank} {phase_index} {epoch} {os.getpid()}\n")
+
+    def report(self, metrics: dict, *, phase_index: int, epoch: int, optimizer, scheduler, updates: int,
+               classifier: nn.Module | None = None) -> None:
+        """Report this epoch's metrics (all ranks) with a checkpoint (rank 0) when one is due."""
+        if self.speedup is None:  # rank 0's metrics are the ones Ray keeps
+            self.speedup = speedup_estimate(self.cfg.model, self.cfg.masking.alpha) if self.worker.rank == 0 else 0.0
+        start = time.perf_counter()
+        _, name, phase = self.phases[phase_index]
+        last_epoch = epoch + 1 == phase.epochs
+        metrics = {**metrics, "phase": name, "phase_index": phase_index, "epoch": epoch,
+                   "recon_loss": self.recon_loss, "pretrain_time_s": self.pretrain_time_s,
+                   "speedup_est": self.speedup, "loop_start_at": self.loop_start_at,
+                   "first_step_at": self.first_step_at or 0.0, "report_time_s": self.report_time_s,
+                   "done": last_epoch and phase_index + 1 == len(self.phases)}
+        due = self.worker.rank == 0 and (last_epoch or (epoch + 1) % self.cfg.checkpoint_every == 0)
+        checkpoint_name = f"checkpoint_p{phase_index}_{name}_e{epoch:04d}"
+        with tempfile.TemporaryDirectory(prefix="objmae-ckpt-") as tmp:
+            directory = Path(tmp) / checkpoint_name
+            if due:
+                train_state = {"phase_index": phase_index, "phase": name, "epoch": epoch, "updates": updates,
+                               "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                               "rng": rng_state(), "pretrain_time_s": self.pretrain_time_s,
+                               "recon_loss": self.recon_loss}
+                save_checkpoint(directory, objmae=self.objmae, classifier=classifier, train_state=train_state,
+                                config=self.cfg, metrics=metrics)
+            self.worker.report(metrics, str(directory) if due else None, checkpoint_name)
+        self.report_time_s += time.perf_counter() - start
+
+    # -- phases --
+    def run(self) -> None:
+        for phase_index, (_, name, _) in enumerate(self.phases):
+            start = self.start_epoch(phase_index)
+            if start is None:
+                continue
+            if name == "pretrain":
+                self.pretrain(phase_index, start)
+            else:
+                self.transfer(phase_index, start)
+
+    def resume_state(self, phase_index: int) -> dict | None:
+        if self.resume and self.resume["train_state"]["phase_index"] == phase_index:
+            return self.resume
+        return None
+
+    def pretrain(self, phase_index: int, start: int) -> None:
+        cfg, phase, device = self.cfg, self.cfg.pretrain, self.worker.device
+        dataset = build_pretrain_dataset(phase.data, img_size=cfg.model.img_size, patch_size=cfg.model.patch_size,
+                                         patch_threshold=cfg.masking.patch_threshold, split="train",
+                                         min_ratio=cfg.masking.min_ratio)
+        loader, loader_generator, global_batch = self.train_loader(dataset, phase_index)
+        model = self.worker.prepare_model(self.objmae)
+        optimizer = build_optimizer(self.objmae, phase, global_batch=global_batch)
+        scheduler = build_lr_schedule(optimizer, phase, updates_per_epoch=len(loader))
+        resume = self.resume_state(phase_index)
+        if resume:
+            optimizer.load_state_dict(resume["train_state"]["optimizer"])
+            scheduler.load_state_dict(resume["train_state"]["scheduler"])
+        mask_generator = torch.Generator(device)
+        for epoch in range(start, phase.epochs):
+            seed = self.seed_epoch(phase_index, epoch, loader, loader_generator)
+            mask_generator.manual_seed(seed)
+            stats = pretrain_epoch(model, loader, optimizer, scheduler, epoch=epoch, first_update=epoch * len(loader),
+                                   num_patches=self.objmae.num_patches, masking=cfg.masking,
+                                   generator=mask_generator, device=device, on_step=self.on_step("pretrain"))
+            self.pretrain_time_s += stats.seconds
+            self.recon_loss = stats.loss
+            self.dump_params(model, loader, phase_index, epoch)
+            self.report({"train_loss": stats.loss, "top1": 0.0, "top5": 0.0, "val_loss": 0.0,
+                         "images_per_s": stats.images / stats.seconds, "epoch_time_s": stats.seconds,
+                         "fallback": stats.fallback, "fallback_frac": stats.fallback / max(stats.images, 1),
+                         "lr": max(g["lr"] for g in optimizer.param_groups)},
+                        phase_index=phase_index, epoch=epoch, optimizer=optimizer, scheduler=scheduler,
+                        updates=(epoch + 1) * len(loader))
+
+    def transfer(self, phase_index: int, start: int) -> None:
+        cfg, device = self.cfg, self.worker.device
+        _, name, phase = self.phases[phase_index]
+        train_set, num_classes = build_classification_dataset(phase.data, img_size=cfg.model.img_size,
+                                                              split="train", train=True)
+        val_set, _ = build_classification_dataset(phase.data, img_size=cfg.model.img_size, split="val", train=False)
+        loader, loader_generator, global_batch = self.train_loader(train_set, phase_index)
+        val_loader = self.eval_loader(val_set, phase)
+        torch.manual_seed(cfg.seed + phase_index)  # the same new head on every rank
+        classifier = build_classifier(cfg.model, phase, num_classes=num_classes,
+                                      encoder_state=self.objmae.encoder_state_dict())
+        resume = self.resume_state(phase_index)
+        if resume:
+            classifier.load_state_dict(resume["classifier"])
+        model = self.worker.prepare_model(classifier)
+        optimizer = build_optimizer(trainable_module(classifier, name), phase, global_batch=global_batch,
+                                    layer_decay=phase.layer_decay if name == "finetune" else None)
+        scheduler = build_lr_schedule(optimizer, phase, updates_per_epoch=len(loader))
+        if resume:
+            optimizer.load_state_dict(resume["train_state"]["optimizer"])
+            scheduler.load_state_dict(resume["train_state"]["scheduler"])
+        for epoch in range(start, phase.epochs):
+            self.seed_epoch(phase_index, epoch, loader, loader_generator)
+            stats = train_classifier_epoch(model, loader, optimizer, scheduler, phase=name, epoch=epoch,
+                                           first_update=epoch * len(loader), device=device,
+                                           on_step=self.on_step(name))
+            eval_start = time.perf_counter()
+            scores = evaluate(model, val_loader, device=device)
+            epoch_time = stats.seconds + time.perf_counter() - eval_start
+            self.dump_params(model, loader, phase_index, epoch)
+            self.report({"train_loss": stats.loss, **scores, "images_per_s": stats.images / stats.seconds,
+                         "epoch_time_s": epoch_time, "fallback": 0, "fallback_frac": 0.0,
+                         "lr": max(g["lr"] for g in optimizer.param_groups)},
+                        phase_index=phase_index, epoch=epoch, optimizer=optimizer, scheduler=scheduler,
+                        updates=(epoch + 1) * len(loader), classifier=classifier)
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """Ray Train loop: config = {"trial": TrialConfig.model_dump(), "hooks": dict | None}."""
+    cfg = trial_from_dict(config["trial"])
+    TrialRun(cfg, ray_worker(), config.get("hooks")).run()

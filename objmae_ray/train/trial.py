@@ -1,0 +1,199 @@
+"""One trial = one Ray Train run (TorchTrainer, DDP) of objmae_ray/train/loop.py, driven from a Tune
+trial or on its own.
+
+Entry points
+  tune_trainable(config)              Ray Tune function trainable (config = TrialConfig.model_dump()
+                                      plus optional reserved keys, see below); builds the TorchTrainer with
+                                      TuneReportCallback so every worker report reaches Tune.
+  run_trial(cfg, storage_path, name)  the same run without Tune; returns the final metrics.
+  python -m objmae_ray.train.trial CONFIG.yaml [--storage DIR] [--name NAME] [--address local]   (debugging)
+
+Before any worker starts, `check_trial` refuses a trial that cannot run: every rule of
+objmae_ray/train/rules.py, then what needs the file system (dataset paths, CAM cache) and the
+cluster (resources).
+
+Storage: `run_trial` writes to `<storage_path>/<name>/checkpoint_*`. Inside Tune the inner run's
+storage is `config["_storage_path"]` (name `train-<trial_id>`) when the sweep passes one (needed on
+multi-node clusters: a shared path or s3://), else the Tune trial directory (name `train`). Running
+again with the same storage and name resumes from its latest checkpoint (Ray Train V2 restores the
+run's checkpoint history from storage).
+
+Reserved config keys (every key starting with "_" is dropped before TrialConfig validation):
+`_storage_path` (above) and `_hooks` (tests/benchmarks only, see objmae_ray/train/loop.py).
+
+Fault tolerance: FailureConfig(max_failures) restarts the worker group from the latest registered
+checkpoint, so at most `checkpoint_every` epochs (default 1) are redone. Ray Train's controller
+registers a report when it next polls the workers (every 2 s): a worker that dies within 2 s of a
+report can lose that report's checkpoint and redo one more epoch. A run whose latest checkpoint holds
+a different TrialConfig is refused. A non-finite loss raises NonFiniteLossError (phase, epoch, step);
+Ray retries it like any worker error (it recurs, so max_failures = 0 is the cheap setting for sweeps)
+and then `run_trial` / `tune_trainable` raise a one-line TrialError; earlier checkpoints stay.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from objmae_ray.config import TrialConfig, trial_from_dict
+from objmae_ray.errors import ConfigError
+from objmae_ray.train.loop import train_loop_per_worker
+from objmae_ray.train.rules import trial_phases, trial_problems
+
+CHECKPOINTS_TO_KEEP = 2
+
+
+class TrialError(RuntimeError):
+    """A trial's workers failed for good (after FailureConfig retries); one line naming the cause."""
+
+
+def load_trial_config(path: str | Path) -> TrialConfig:
+    """A YAML file holding one TrialConfig mapping."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read ({err.strerror or err})") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of TrialConfig fields")
+    return trial_from_dict(data, source=str(path))
+
+
+def check_trial(cfg: TrialConfig, *, cluster_resources: dict | None = None) -> None:
+    """Refuse, before any worker starts, a trial that cannot run; ConfigError "<field>: <reason>".
+
+    The rules of objmae_ray/train/rules.py, then dataset paths and the CAM cache on this machine, then
+    GPUs and CPUs against `cluster_resources` (default: `ray.cluster_resources()` when Ray is initialised).
+    """
+    problems = trial_problems(cfg)
+    if problems:
+        raise ConfigError(problems[0] + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""))
+    cam_cache = cfg.pretrain.data.cam_cache
+    if cfg.masking.selection == "cam" and cam_cache and not Path(cam_cache).exists():
+        raise ConfigError(f"pretrain.data.cam_cache: {cam_cache} not found")
+    for path, _, phase in trial_phases(cfg):
+        data = phase.data
+        if data.root is not None and data.kind != "synthetic" and not Path(data.root).expanduser().is_dir():
+            raise ConfigError(f"{path}.data.root: {data.root} not found")
+        if data.ann_file and "{split}" not in data.ann_file:
+            ann = Path(data.ann_file)
+            ann = ann if ann.is_absolute() or data.root is None else Path(data.root) / ann
+            if not ann.is_file():
+                raise ConfigError(f"{path}.data.ann_file: {ann} not found")
+    res = cfg.resources
+    if cluster_resources is None:
+        import ray
+
+        cluster_resources = ray.cluster_resources() if ray.is_initialized() else None
+    if cluster_resources is not None:
+        gpus = cluster_resources.get("GPU", 0)
+        if res.use_gpu and gpus < res.gpus_per_worker:
+            raise ConfigError(f"resources.use_gpu: the cluster has {gpus:g} GPUs, "
+                              f"a worker needs {res.gpus_per_worker:g}")
+        cpus = cluster_resources.get("CPU", 0)
+        if cpus < res.cpus_per_worker:
+            raise ConfigError(f"resources.cpus_per_worker: {res.cpus_per_worker:g} but the cluster has {cpus:g} CPUs")
+
+
+def build_trainer(cfg: TrialConfig, *, storage_path: str, name: str, callbacks: list | None = None,
+                  hooks: dict | None = None):
+    """The TorchTrainer (Train V2) of one trial: worker group, failure retries, checkpoint retention."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    # the dashboard's Train tab (runs, attempts, workers per node) needs Train's state actor
+    os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
+    res = cfg.resources
+    resources = {"CPU": res.cpus_per_worker}
+    if res.use_gpu:
+        resources["GPU"] = res.gpus_per_worker
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"trial": cfg.model_dump(), "hooks": hooks},
+        scaling_config=ray.train.ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=name, storage_path=storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=CHECKPOINTS_TO_KEEP),
+            callbacks=callbacks or []),
+    )
+
+
+def _failure_reason(err: BaseException) -> str:
+    """The most specific one-line cause in a Ray Train failure (worker exception line if present)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    for marker in ("NonFiniteLossError:", "ConfigError:"):
+        for line in lines:
+            if marker in line:
+                return line[line.index(marker):]
+    causes = [line for line in lines if "Error" in line.split(":")[0]]
+    return causes[-1] if causes else (lines[-1] if lines else type(err).__name__)
+
+
+def run_trial(cfg: TrialConfig, storage_path: str, name: str, *, hooks: dict | None = None) -> dict:
+    """Run one trial on the connected Ray cluster (no Tune); returns the last report's metrics plus
+    `checkpoint_path`. Resumes when `<storage_path>/<name>` holds an earlier run of it."""
+    import ray.train
+
+    check_trial(cfg)
+    trainer = build_trainer(cfg, storage_path=str(storage_path), name=name, hooks=hooks)
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as err:
+        raise TrialError(f"trial {name}: {_failure_reason(err)}") from err
+    metrics = dict(result.metrics or {})
+    metrics["checkpoint_path"] = result.checkpoint.path if result.checkpoint else None
+    return metrics
+
+
+def tune_trainable(config: dict) -> None:
+    """Ray Tune function trainable: one trial's TorchTrainer, its reports forwarded to Tune."""
+    import ray.train
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    cfg = trial_from_dict(config)
+    check_trial(cfg)
+    ctx = ray.tune.get_context()
+    if config.get("_storage_path"):
+        storage_path, name = str(config["_storage_path"]), f"train-{ctx.get_trial_id()}"
+    else:
+        storage_path, name = ctx.get_trial_dir(), "train"
+    trainer = build_trainer(cfg, storage_path=storage_path, name=name, callbacks=[TuneReportCallback()],
+                            hooks=config.get("_hooks"))
+    try:
+        trainer.fit()
+    except ray.train.TrainingFailedError as err:
+        raise TrialError(f"trial {ctx.get_trial_name()}: {_failure_reason(err)}") from err
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m objmae_ray.train.trial CONFIG.yaml [--storage DIR] [--name NAME]`: one trial, no Tune."""
+    parser = argparse.ArgumentParser(prog="python -m objmae_ray.train.trial", description=main.__doc__)
+    parser.add_argument("config", help="YAML file with one TrialConfig")
+    parser.add_argument("--storage", default=str(Path("runs").resolve()), help="storage path (default ./runs)")
+    parser.add_argument("--name", default=None, help="run name (default: the config's name)")
+    parser.add_argument("--address", default=None, help="Ray cluster address (default: start a local one)")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_trial_config(args.config)
+        import ray
+
+        ray.init(address=args.address, configure_logging=False)
+        metrics = run_trial(cfg, args.storage, args.name or cfg.name)
+    except (ConfigError, TrialError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(metrics, indent=2, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

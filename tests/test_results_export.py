@@ -1,0 +1,77 @@
+"""Export of the best trial (results/export.py), on a run directory laid out as Tune + the trial write it
+(trial dirs with params.json / result.json, checkpoints with real weights: tests/run_helpers.py)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import timm
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from objmae_ray.cli import export_main
+from objmae_ray.config import TrialConfig
+from objmae_ray.errors import ConfigError
+from objmae_ray.method.model import create_objmae, get_preset, timm_vit_name
+from objmae_ray.results.export import encoder_state, export_best
+
+def test_export_picks_best_final_metric_and_loads_into_timm(run_dir, tmp_path):
+    out = tmp_path / "export"
+    assert export_main([str(run_dir), "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "classifier.safetensors", "config.yaml",
+                                                    "encoder.safetensors", "metrics.json"]
+    meta = json.loads((out / "metrics.json").read_text())
+    assert meta["trial_id"] == "a1" and meta["metrics"]["top1"] == 70.0
+    assert meta["params"] == {"masking.alpha": 0.25} and meta["checkpoint"].endswith("train-a1/checkpoint_2")
+    cfg = TrialConfig.model_validate(yaml.safe_load((out / "config.yaml").read_text()))
+    assert cfg.seed == 2 and cfg.masking.alpha == 0.25
+
+    # the encoder loads into timm with only the head missing and gives the project's encoder features
+    dims = {k: get_preset("micro")[k] for k in ("embed_dim", "depth", "num_heads")}
+    vit = timm.create_model(timm_vit_name("micro", 8, 32), pretrained=False, num_classes=3, img_size=32,
+                            patch_size=8, **dims).eval()
+    missing, unexpected = vit.load_state_dict(load_file(str(out / "encoder.safetensors")), strict=False)
+    assert sorted(missing) == ["head.bias", "head.weight"] and unexpected == []
+    torch.manual_seed(2)
+    objmae = create_objmae("micro", img_size=32, patch_size=8).eval()
+    imgs = torch.randn(2, 3, 32, 32)
+    all_patches = torch.arange(objmae.num_patches).expand(2, -1)
+    with torch.no_grad():
+        expected = objmae.forward_encoder(imgs, all_patches)  # [B, 1 + N, D]
+        got = vit.forward_features(imgs)
+    assert got.shape == expected.shape == (2, 1 + 16, 64)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+    # the classifier is the trial's checkpointed one, loadable into the same timm architecture
+    classifier = load_file(str(out / "classifier.safetensors"))
+    reference = load_file(str(run_dir / "train-a1" / "checkpoint_2" / "classifier.safetensors"))
+    assert classifier.keys() == reference.keys() and all(torch.equal(classifier[k], reference[k]) for k in reference)
+    card = (out / "README.md").read_text()
+    assert "trial `a1`" in card and "| top1 | 70 |" in card and "load_state_dict" in card
+
+
+def test_export_metric_and_mode_flags(run_dir, tmp_path):
+    out = export_best(run_dir, tmp_path / "e1", metric="recon_loss", mode="min")
+    assert json.loads((out / "metrics.json").read_text())["trial_id"] in {"b0", "b1"}  # recon 0.4 < 0.65
+    out = export_best(run_dir, tmp_path / "e2", metric="top1", mode="min")
+    assert json.loads((out / "metrics.json").read_text())["trial_id"] == "a0"
+
+
+def test_vit_small_encoder_loads_into_named_timm_model():
+    objmae = create_objmae("vit_small")  # paper defaults: 224 px, patch 16
+    state = encoder_state(objmae)
+    vit = timm.create_model("vit_small_patch16_224", pretrained=False)
+    missing, unexpected = vit.load_state_dict(state, strict=False)
+    assert sorted(missing) == ["head.bias", "head.weight"] and unexpected == []
+
+
+def test_export_errors_are_one_line(tmp_path, run_dir, capsys):
+    assert export_main([str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'nope'}: run directory not found " \
+                                              "(remote storage: copy it locally first)"
+    with pytest.raises(ConfigError, match="no trial reported 'accuracy'"):
+        export_best(run_dir, tmp_path / "o", metric="accuracy", mode="max")
+    (run_dir / "train-a1" / "checkpoint_2" / "objmae.safetensors").unlink()
+    with pytest.raises(ConfigError, match="checkpoint_2/objmae.safetensors: not found"):
+        export_best(run_dir, tmp_path / "o")

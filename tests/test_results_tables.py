@@ -1,0 +1,253 @@
+"""The one pivot and its two forms (results/tables.py, written by results/page.py) on run directories laid
+out as Tune + the trial leave them (sweep.yaml, trial dirs with params.json / result.json), with known
+metrics: the means and spreads in the Markdown and CSV must be the ones of the trials they came from."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from objmae_ray.cli import report_main as main
+from objmae_ray.config import SweepSpec
+from objmae_ray.results.page import write_report, write_results
+from objmae_ray.results.records import TrialRecord, records_from_dir
+from objmae_ray.results.stats import pareto_front
+from objmae_ray.results.tables import markdown, paper_table, pivot, results_table
+from objmae_ray.sweep.rundir import save_spec
+from objmae_ray.sweep.space import TRIAL_INDEX
+from objmae_ray.sweep.spec import load_spec
+from run_helpers import SPEC
+
+REPO = Path(__file__).resolve().parents[1]
+BASE = {"model": {"preset": "micro", "img_size": 32, "patch_size": 8},
+        "pretrain": {"epochs": 1, "warmup_epochs": 0, "batch_size": 8, "lr": 1e-3},
+        "transfer": [{"epochs": 2, "warmup_epochs": 0, "batch_size": 8, "lr": 1e-3}]}
+
+
+def make_run(tmp_path: Path, search_space: dict, repeats: int = 1, base: dict | None = None) -> tuple[Path, SweepSpec]:
+    spec = SweepSpec.model_validate({"study": "t", "objectives": [{"metric": "top1", "mode": "max"}],
+                                     "sampler": {"kind": "grid"}, "repeats": repeats, "base": base or BASE,
+                                     "search_space": search_space})
+    run = tmp_path / "runs" / "t-1"
+    save_spec(spec, str(run))
+    return run, spec
+
+
+def add_trial(run: Path, spec: SweepSpec, trial_id: str, params: dict, *, repeat: int = 0,
+              phases: list[list[tuple[float, float]]], recon: float = 0.5, speedup: float = 2.0,
+              images_per_s: float = 100.0, stop_after: int | None = None) -> None:
+    """One trial: params.json (base config + dotted searched values + repeat index) and result.json with one
+    pre-train report, then per transfer phase one report per (top1, top5) epoch; `stop_after` cuts the history."""
+    cfg = spec.base.model_dump()
+    (run / f"trial_{trial_id}").mkdir(parents=True)
+    (run / f"trial_{trial_id}" / "params.json").write_text(json.dumps({**cfg, **params, TRIAL_INDEX: repeat}))
+    reports = [{"phase": "pretrain", "phase_index": 0, "epoch": 0, "recon_loss": recon, "top1": 0.0, "top5": 0.0,
+                "speedup_est": speedup, "images_per_s": images_per_s, "done": False}]
+    for i, epochs in enumerate(phases, start=1):
+        reports += [{"phase": "finetune", "phase_index": i, "epoch": e, "recon_loss": recon, "top1": t1, "top5": t5,
+                     "speedup_est": speedup, "done": False} for e, (t1, t5) in enumerate(epochs)]
+    reports[-1]["done"] = True
+    reports = reports[:stop_after]
+    lines = [json.dumps({**r, "trial_id": trial_id, "training_iteration": k + 1}) for k, r in enumerate(reports)]
+    (run / f"trial_{trial_id}" / "result.json").write_text("\n".join(lines) + "\n")
+
+
+def md_rows(text: str) -> list[list[str]]:
+    return [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("| ")]
+
+
+def test_table8_padding_mean_and_spread_over_seeds(tmp_path):
+    run, spec = make_run(tmp_path, {"padding": {"choices": ["zero", "replicate", "random", "throwout"]}}, repeats=2)
+    # final epoch counts, not the best epoch: zero's first seed peaks at 90 mid-run
+    add_trial(run, spec, "z0", {"masking.padding": "zero"}, repeat=0, phases=[[(90.0, 99.0), (83.0, 94.0)]])
+    add_trial(run, spec, "z1", {"masking.padding": "zero"}, repeat=1, phases=[[(10.0, 20.0), (84.0, 94.5)]])
+    add_trial(run, spec, "p0", {"masking.padding": "replicate"}, repeat=0, phases=[[(1.0, 2.0), (82.0, 94.0)]])
+    add_trial(run, spec, "p1", {"masking.padding": "replicate"}, repeat=1, phases=[[(1.0, 2.0), (83.0, 94.1)]])
+    add_trial(run, spec, "r0", {"masking.padding": "random"}, repeat=0, phases=[[(1.0, 2.0), (83.5, 93.8)]])
+    add_trial(run, spec, "r1", {"masking.padding": "random"}, repeat=1, phases=[[(1.0, 2.0), (83.5, 93.8)]])
+    add_trial(run, spec, "t0", {"masking.padding": "throwout"}, repeat=0, phases=[[(1.0, 2.0), (80.0, 90.0)]])
+    add_trial(run, spec, "t1", {"masking.padding": "throwout"}, repeat=1, phases=[[(99.0, 99.0), (99.0, 99.0)]],
+              stop_after=2)  # stopped by ASHA after its first fine-tune epoch: left out
+
+    assert main([str(run), "--no-figures"]) == 0
+    out = run / "report"
+    md = (out / "table8_padding.md").read_text()
+    assert md.startswith("## Table 8 (paper form): Ablation of the padding mode (study t)")
+    rows = md_rows(md)
+    assert rows[0] == ["Padding Mode", "n", "Top-1", "Top-5"]
+    assert rows[1:] == [
+        ["Zero", "2", "83.50 ± 0.71", "94.25 ± 0.35"],  # sample std of (83, 84) = 0.7071
+        ["Replicate", "2", "82.50 ± 0.71", "94.05 ± 0.07"],
+        ["Random", "2", "83.50", "93.80"],  # identical seeds: spread 0, shown without ±
+        ["Throwout", "1", "80.00", "90.00"],
+    ]
+    assert "1 stopped or failed trial(s) left out" in md
+
+    table = list(csv.DictReader((out / "table8_padding.csv").open()))
+    assert [r["masking.padding"] for r in table] == ["zero", "replicate", "random", "throwout"]
+    assert [int(r["n"]) for r in table] == [2, 2, 2, 1] and [int(r["excluded"]) for r in table] == [0, 0, 0, 1]
+    assert float(table[0]["top1_mean"]) == 83.5 and math.isclose(float(table[0]["top1_std"]), math.sqrt(0.5),
+                                                                  rel_tol=1e-5)
+    assert math.isclose(float(table[1]["top5_mean"]), 94.05) and float(table[3]["top1_std"]) == 0.0
+    page = (out / "index.html").read_text()
+    assert "<td>Zero</td><td>2</td><td>83.50 ± 0.71</td>" in page and "8 trials (7 done, 1 stopped)" in page
+
+
+def test_table9_model_and_alpha_rows_in_search_order(tmp_path):
+    run, spec = make_run(tmp_path, {"selection": {"choices": ["object", "mae"]}, "alpha": {"choices": [0.5, 0.17]}})
+    top1 = {("object", 0.5): 87.52, ("object", 0.17): 88.40, ("mae", 0.5): 89.52, ("mae", 0.17): 88.38}
+    for i, ((selection, alpha), value) in enumerate(top1.items()):
+        add_trial(run, spec, f"x{i}", {"masking.selection": selection, "masking.alpha": alpha},
+                  phases=[[(0.0, 0.0), (value, value + 9)]])
+    table = paper_table(spec)
+    assert table.number == "9" and table.dims == ["masking.selection", "masking.alpha"]
+    rows = pivot(records_from_dir(run), table, spec)
+    assert [(r.values["masking.selection"], r.values["masking.alpha"]) for r in rows] == list(top1)
+    assert [r.mean["top1"] for r in rows] == list(top1.values())
+    assert [r.mean["top5"] for r in rows] == [v + 9 for v in top1.values()]
+    md = (write_report(run, with_figures=False) / "table9_alpha.md").read_text()
+    assert md_rows(md)[1] == ["ObjMAE", "0.5", "1", "87.52", "96.52"] and md_rows(md)[4][0] == "MAE"
+
+
+def test_table5_one_column_pair_per_transfer_phase(tmp_path):
+    base = {**BASE, "transfer": [
+        {"mode": "finetune", "epochs": 1, "warmup_epochs": 0, "batch_size": 8, "lr": 1e-3,
+         "data": {"kind": "folder", "root": "/data/imagenet100"}},
+        {"mode": "linear", "epochs": 2, "warmup_epochs": 0, "batch_size": 8, "lr": 0.1,
+         "data": {"kind": "folder", "root": "/data/imagenet100"}},
+        {"mode": "finetune", "epochs": 1, "warmup_epochs": 0, "batch_size": 8, "lr": 1e-3,
+         "data": {"kind": "cifar100", "root": "/data/cifar"}}]}
+    run, spec = make_run(tmp_path, {"selection": {"choices": ["mae", "object"]}}, repeats=2, base=base)
+    add_trial(run, spec, "m0", {"masking.selection": "mae"}, repeat=0, speedup=1.9,
+              phases=[[(89.0, 98.0)], [(30.0, 55.0), (33.0, 60.0)], [(82.0, 95.0)]])
+    add_trial(run, spec, "m1", {"masking.selection": "mae"}, repeat=1, speedup=1.9,
+              phases=[[(90.0, 98.4)], [(31.0, 56.0), (34.0, 61.0)], [(84.0, 96.0)]])
+    add_trial(run, spec, "o0", {"masking.selection": "object"}, repeat=0, speedup=2.1,
+              phases=[[(87.5, 97.5)], [(29.0, 55.0), (29.8, 57.2)], [(81.8, 94.0)]])
+    table = paper_table(spec)
+    assert table.number == "5"
+    assert [c.title for c in table.columns] == [
+        "Speed Up", "Fine-tune imagenet100 Top-1", "Fine-tune imagenet100 Top-5", "Linear probe imagenet100 Top-1",
+        "Linear probe imagenet100 Top-5", "Fine-tune CIFAR-100 Top-1", "Fine-tune CIFAR-100 Top-5"]
+    rows = pivot(records_from_dir(run), table, spec)
+    mae, obj = rows
+    assert mae.values == {"masking.selection": "mae"} and len(mae.trials) == 2
+    assert mae.mean == pytest.approx({"speedup": 1.9, "top1_phase1": 89.5, "top5_phase1": 98.2, "top1_phase2": 33.5,
+                                      "top5_phase2": 60.5, "top1_phase3": 83.0, "top5_phase3": 95.5})
+    assert mae.std["top1_phase3"] == pytest.approx(math.sqrt(2.0)) and mae.std["speedup"] == 0.0
+    assert obj.mean["top1_phase2"] == 29.8 and obj.std["top1_phase2"] == 0.0  # the probe's last epoch
+    md = (write_report(run, with_figures=False) / "table5_transfer.md").read_text()
+    assert md_rows(md)[1] == ["MAE", "2", "1.9x", "89.50 ± 0.71", "98.20 ± 0.28", "33.50 ± 0.71", "60.50 ± 0.71",
+                              "83.00 ± 1.41", "95.50 ± 0.71"]
+
+
+def test_table4_alpha_speedup_recon_and_seed_as_repeat(tmp_path):
+    run, spec = make_run(tmp_path, {"alpha": {"choices": [0.5, 0.25]}, "seed": {"choices": [0, 1]}})
+    add_trial(run, spec, "a", {"masking.alpha": 0.5, "seed": 0}, recon=0.56, speedup=1.9, images_per_s=100.0,
+              phases=[[(0, 0), (89.0, 98.0)]])
+    add_trial(run, spec, "b", {"masking.alpha": 0.5, "seed": 1}, recon=0.58, speedup=1.9, images_per_s=110.0,
+              phases=[[(0, 0), (90.0, 98.0)]])
+    add_trial(run, spec, "c", {"masking.alpha": 0.25, "seed": 0}, recon=0.48, speedup=3.6, images_per_s=330.0,
+              phases=[[(0, 0), (88.0, 97.0)]])
+    table = paper_table(spec)
+    assert table.number == "4" and table.dims == ["masking.alpha"]  # the searched seed pools, it is no row
+    md = (write_report(run, with_figures=False) / "table4_alpha.md").read_text()
+    assert md_rows(md)[0] == ["α", "n", "Speed Up", "Pre-train img/s", "Recon Loss", "Top-1", "Top-5"]
+    assert md_rows(md)[1:] == [["0.5", "2", "1.9x", "105.0 ± 7.1", "0.5700 ± 0.0141", "89.50 ± 0.71", "98.00"],
+                               ["0.25", "1", "3.6x", "330.0", "0.4800", "88.00", "97.00"]]
+
+
+def test_other_dimensions_get_the_generic_ablation_table(tmp_path):
+    run, spec = make_run(tmp_path, {"pretrain.lr": {"choices": [0.01, 0.001]}})
+    add_trial(run, spec, "a", {"pretrain.lr": 0.001}, phases=[[(0, 0), (40.0, 70.0)]])
+    table = paper_table(spec)
+    assert table.number == "ablation" and table.dims == ["pretrain.lr"]
+    rows = pivot(records_from_dir(run), table, spec)
+    assert [r.values["pretrain.lr"] for r in rows] == [0.001] and rows[0].mean["top1"] == 40.0
+
+
+def test_repository_search_spaces_pick_their_paper_tables(monkeypatch, tmp_path):
+    for var in ("OBJMAE_COCO_ROOT", "OBJMAE_IN100_ROOT", "OBJMAE_CIFAR_ROOT", "OBJMAE_IN100_CAM"):
+        monkeypatch.setenv(var, str(tmp_path))
+    picked = {f.stem: paper_table(load_spec(f)).number for f in sorted((REPO / "search_spaces").glob("*.yaml"))}
+    assert picked == {"alpha": "9", "alpha_cam": "4", "joint": "ablation", "padding": "8", "patch_size": "7",
+                      "selection": "6", "smoke": "ablation", "transfer": "5"}
+
+
+def test_bad_run_directories_give_one_line(tmp_path, capsys):
+    assert main([str(tmp_path / "missing")]) == 2
+    assert capsys.readouterr().err == f"error: {tmp_path / 'missing'}: run directory not found " \
+                                      "(remote storage: copy it locally first)\n"
+    (tmp_path / "empty").mkdir()
+    assert main([str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "sweep.yaml: not found" in err
+    run, _ = make_run(tmp_path, {"padding": {"choices": ["zero"]}})
+    assert main([str(run)]) == 2
+    assert capsys.readouterr().err == f"error: {run}: no trials found (no trial directory with params.json)\n"
+
+
+def test_error_txt_counts_only_when_nothing_was_reported_after_it(tmp_path):
+    """A trial that errored and was finished by `objmae-sweep --resume` is done, not failed."""
+    import os
+
+    from objmae_ray.results.records import records_from_dir
+
+    run, spec = make_run(tmp_path, {"padding": {"choices": ["zero"]}})
+    add_trial(run, spec, "a", {"masking.padding": "zero"}, phases=[[(50.0, 90.0), (60.0, 95.0)]])
+    add_trial(run, spec, "b", {"masking.padding": "zero"}, phases=[[(50.0, 90.0)]], stop_after=1)
+    for trial, error_age in (("a", -100), ("b", +100)):  # a: error before its last report; b: after
+        error = run / f"trial_{trial}" / "error.txt"
+        error.write_text("worker died")
+        result_mtime = (run / f"trial_{trial}" / "result.json").stat().st_mtime
+        os.utime(error, (result_mtime + error_age, result_mtime + error_age))
+    status = {r.trial_id: r.status for r in records_from_dir(run)}
+    assert status == {"a": "done", "b": "error"}
+
+
+# ---- results form (results.md / results.csv) ---------------------------------------------------------
+def test_results_table_groups_repeats_and_ranks(run_dir):
+    spec = SweepSpec.model_validate(SPEC)
+    records = records_from_dir(run_dir)
+    assert [r.repeat for r in records] == [0, 1, 0, 1] and all(r.status == "done" for r in records)
+    rows = pivot(records, results_table(spec), spec)
+    assert [r.values for r in rows] == [{"masking.alpha": 0.25}, {"masking.alpha": 0.5}]  # final top-1 means 65 > 63
+    assert math.isclose(rows[0].mean["top1"], (60.0 + 70.0) / 2)
+    assert math.isclose(rows[0].std["top1"], math.sqrt(50.0))  # sample std of 60, 70
+    assert math.isclose(rows[1].mean["top1"], (65.0 + 61.0) / 2)
+    assert math.isclose(rows[1].mean["recon_loss"], 0.4) and rows[1].std["recon_loss"] == 0.0
+
+
+def test_report_files(run_dir):
+    spec = SweepSpec.model_validate(SPEC)
+    text = write_results(str(run_dir), spec, records_from_dir(run_dir))
+    md = (run_dir / "results.md").read_text()
+    assert md in text
+    rows = [line for line in md.splitlines() if line.startswith("| ")][1:]
+    assert rows[0].startswith("| 1 | alpha=0.25 | 2 | 3.5x | 0.6500 | 65.00 ± 7.07 |")
+    assert rows[1].startswith("| 2 | alpha=0.5 | 2 | 1.9x | 0.4000 | 63.00 ± 2.83 |")
+    assert rows[0].endswith("| * | 2 done |") and rows[1].endswith("|  | 2 done |")  # 0.25: faster and better
+    table = list(csv.DictReader((run_dir / "results.csv").open()))
+    assert [r["configuration"] for r in table] == ["alpha=0.25", "alpha=0.5"]
+    assert float(table[0]["top1_mean"]) == 65.0 and math.isclose(float(table[0]["top1_std"]), 7.07107, rel_tol=1e-5)
+    png = (run_dir / "pareto.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_pareto_front():
+    points = [(1.0, 90.0), (2.0, 85.0), (1.5, 80.0), (4.0, 70.0), (4.0, 60.0), (2.0, 85.0)]
+    assert pareto_front(points) == [0, 1, 3, 5]  # (1.5, 80) and (4, 60) are dominated; ties both kept
+
+
+def test_table_marks_stopped_and_missing():
+    spec = SweepSpec.model_validate(SPEC)
+    records = [TrialRecord("x", {"masking.alpha": 0.5}, 0, [{"phase_index": 0, "speedup_est": 2.0, "top1": 0.0,
+                                                             "recon_loss": 0.5, "done": False}]),
+               TrialRecord("y", {"masking.alpha": 0.25}, 0, [], error=True)]
+    table = results_table(spec)
+    md = markdown(table, pivot(records, table, spec))
+    assert "| alpha=0.5 | 1 | 2.0x | 0.5000 | - | - |" in md and "1 stopped" in md
+    assert "| alpha=0.25 | 1 | - | - | - | - |" in md and "1 error" in md

@@ -1,0 +1,67 @@
+"""The search space as Tune's searcher and scheduler (sweep/space.py, sweep/search.py), without Ray
+running: Optuna distributions, the trial config of a Tune config, repeats averaged per objective, ASHA rungs."""
+from __future__ import annotations
+
+
+import optuna
+
+from objmae_ray.sweep.search import build_sampler, build_search, build_trial_scheduler, optuna_space
+from objmae_ray.sweep.space import TRIAL_INDEX, base_trial, trial_from_tune_config
+from objmae_ray.sweep.spec import load_spec
+from test_sweep_tuner import SMOKE, tiny_spec
+
+
+def test_optuna_space_and_samplers(tmp_path):
+    spec = load_spec(SMOKE)
+    space = optuna_space(spec)
+    assert space == {
+        "masking.alpha": optuna.distributions.FloatDistribution(0.125, 0.5, log=True),
+        "masking.padding": optuna.distributions.CategoricalDistribution(["zero", "replicate", "random"]),
+        "masking.selection": optuna.distributions.CategoricalDistribution(["object", "inter", "mae"]),
+    }
+    grid = load_spec(tiny_spec(tmp_path, "g", "sampler: {kind: grid}\nsearch_space:\n  patch_size: {choices: [8, 16]}\n"
+                                              "  model.norm_pix_loss: true\n  pretrain.epochs: {type: int, low: 1, high: 3}\n"))
+    assert optuna_space(grid) == {
+        "model.patch_size": optuna.distributions.CategoricalDistribution([8, 16]),
+        "pretrain.epochs": optuna.distributions.CategoricalDistribution([1, 2, 3])}
+    assert base_trial(grid).model.norm_pix_loss is True  # fixed values go into the base trial
+    limiter = build_search(grid)
+    assert limiter.max_concurrent == 1 and limiter.searcher.metric == "top1"
+
+
+def test_trial_config_from_tune_config():
+    spec = load_spec(SMOKE)
+    config = {**base_trial(spec).model_dump(), "masking.alpha": 0.2, "masking.selection": "mae", TRIAL_INDEX: 2,
+              "_storage_path": "/x"}
+    cfg = trial_from_tune_config(config)
+    assert cfg.masking.alpha == 0.2 and cfg.masking.selection == "mae" and cfg.seed == spec.base.seed + 2
+    assert cfg.model.preset == "micro"
+
+
+def test_multi_objective_repeats_and_asha(tmp_path):
+    spec = load_spec(tiny_spec(tmp_path, "m", "sampler: {kind: nsga2}\nnum_samples: 6\nrepeats: 3\nconcurrency: 2\n"
+                                              "scheduler: {kind: asha, metric: top1}\n"
+                                              "search_space:\n  alpha: {type: float, low: 0.1, high: 0.5}\n"
+                                              "  transfer.0.epochs: 3\n",
+                               objectives="  - {metric: top1, mode: max}\n  - {metric: speedup_est, mode: max}\n"))
+    storage = optuna.storages.InMemoryStorage()
+    limiter = build_search(spec, storage=storage)
+    repeater = limiter.searcher
+    assert limiter.max_concurrent == 2 and repeater.repeat == 3
+    assert repeater.searcher.metric == ["top1", "speedup_est"] and repeater.searcher.mode == ["max", "max"]
+    assert isinstance(build_sampler(spec), optuna.samplers.NSGAIISampler)
+    # the repeater tells Optuna the mean of the repeats, per objective
+    configs = [repeater.suggest(f"t{i}") for i in range(3)]
+    assert [c[TRIAL_INDEX] for c in configs] == [0, 1, 2]
+    assert len({c["masking.alpha"] for c in configs}) == 1  # one configuration, three seeds
+    for i, top1 in enumerate([10.0, 20.0, 60.0]):
+        repeater.on_trial_complete(f"t{i}", {"top1": top1, "speedup_est": 2.0})
+    study = optuna.load_study(study_name="m", storage=storage)
+    [told] = study.get_trials()
+    assert told.values == [30.0, 2.0] and told.params["masking.alpha"] == configs[0]["masking.alpha"]
+    assert [d.name for d in study.directions] == ["MAXIMIZE", "MAXIMIZE"]
+    asha = build_trial_scheduler(spec)
+    # rungs count reports (one per epoch): first rung at the first fine-tune epoch, max_t = 1 + 3 epochs
+    assert asha.metric == "top1"
+    assert [line.strip() for line in asha.debug_string().splitlines()[1].removeprefix("Bracket:").split("|")] == \
+        ["Iter 4.000: None", "Iter 2.000: None"]
