@@ -128,9 +128,11 @@ log "ray up"
 UP_STARTED=1
 ray up -y --no-config-cache "$CONFIG" >"$WORK/up.log" 2>&1
 
-# a worker node joins (a machine of onprem.yaml's worker_ips: its token where file_mounts puts it)
+# a worker node joins (a machine of onprem.yaml's worker_ips: its token where file_mounts puts it). Its
+# own --temp-dir, as on a separate machine: sharing the head's, its runtime-env agent would delete the
+# job's unpacked --working-dir (the driver's cwd) when its trials end.
 HOME="$WORK/head" RAY_AUTH_MODE=token RAY_TRAIN_ENABLE_STATE_TRACKING=1 \
-  ray start --address=127.0.0.1:6379 --num-cpus=2 >"$WORK/worker.log" 2>&1
+  ray start --address=127.0.0.1:6379 --num-cpus=2 --temp-dir="$WORK/wt" >"$WORK/worker.log" 2>&1
 log "worker raylet joined"
 
 # ---- README, "On a GPU cluster", verbatim but for the address, storage and name -------------------------

@@ -43,6 +43,12 @@ def ray_cluster(tmp_path_factory):
     token = tmp_path_factory.mktemp("ray-auth") / "auth_token"
     token.write_text(secrets.token_hex(32))
     os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), RAY_TRAIN_ENABLE_STATE_TRACKING="1")
+    # this process read Ray's config when ray was imported: reload it and the token, as Ray's own
+    # ray.init does when it turns token auth on (authentication_token_setup._enable_token_auth)
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
     cpus = int(os.environ.get("OBJMAE_TEST_CPUS", "2"))
     cluster = Cluster(
         initialize_head=True,

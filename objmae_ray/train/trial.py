@@ -149,9 +149,13 @@ def check_data(cfg: TrialConfig, *, wait_note_s: float = 30.0) -> None:
         if problems:
             raise ConfigError(problems[0])
         return
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
     res = cfg.resources
     task = ray.remote(_node_data_problems).options(
-        num_cpus=res.cpus_per_worker, num_gpus=res.gpus_per_worker if res.use_gpu else 0, max_retries=3)
+        num_cpus=res.cpus_per_worker, num_gpus=res.gpus_per_worker if res.use_gpu else 0, max_retries=3,
+        # outside the Tune trial's placement group (which holds only the driver), like Train's workers
+        scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None))
     ref = task.remote(cfg.model_dump())
     while not ray.wait([ref], timeout=wait_note_s)[0]:
         shape = f"{res.cpus_per_worker:g} CPU" + (f", {res.gpus_per_worker:g} GPU" if res.use_gpu else "")
