@@ -43,7 +43,7 @@ def screenshot(url: str, out: Path, *, token: str, page_name: str = "jobs", chro
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.set_default_timeout(timeout_s * 1000)
             page.goto(f"{url.rstrip('/')}/#/{page_name}")
-            page.get_by_label("Authentication Token").fill(token)
+            page.get_by_placeholder("Enter your authentication token").fill(token)
             page.get_by_role("button", name="Submit").click()
             page.get_by_text("Authentication Token Required").wait_for(state="detached")
             page.goto(f"{url.rstrip('/')}/#/{page_name}")
