@@ -13,7 +13,9 @@ import argparse
 import sys
 
 from objmae_ray.errors import ConfigError
+from objmae_ray.sweep.cluster import capacity_problems, config_node_types, load_cluster_config, trial_fits
 from objmae_ray.sweep.plan import plan
+from objmae_ray.sweep.space import base_trial
 from objmae_ray.sweep.spec import load_spec
 
 
@@ -38,7 +40,23 @@ def _sweep_parser() -> argparse.ArgumentParser:
     parser.add_argument("--storage", default=None, help="storage path: local dir, NFS or s3://bucket/prefix")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run (--name, default the newest of this study)")
+    parser.add_argument("--cluster", default=None, metavar="CLUSTER_YAML",
+                        help="also check offline that the trials fit this `ray up` config's node types")
     return parser
+
+
+def _check_cluster_file(sweep_file: str, spec, cluster_file: str) -> str:
+    """The trials' workers against a cluster YAML's node types x max_workers, offline; ConfigError naming
+    the sweep field and the largest node type. Returns the line `objmae-sweep validate` prints."""
+    config = load_cluster_config(cluster_file)
+    types = config_node_types(config)
+    if not types:
+        return f"{cluster_file}: node resources are read off the machines (local provider): capacity not checked"
+    resources = base_trial(spec).resources
+    problems = capacity_problems(resources, types, field=f"{sweep_file}: base.resources")
+    if problems:
+        raise ConfigError(f"{problems[0]} (node types of {cluster_file})")
+    return f"{cluster_file}: a trial's workers fit {', '.join(trial_fits(resources, config))}"
 
 
 def _print_problems(err: Exception) -> int:
@@ -62,7 +80,7 @@ def _finish_sweep(path: str, spec, results) -> None:
 
 def sweep_main(argv: list[str] | None = None) -> int:
     """`objmae-sweep FILE [--address ...] [--set k=v ...] [--resume] [--name N] [--storage P]` or
-    `objmae-sweep validate FILE [--set k=v ...]` -- see objmae_ray/sweep/."""
+    `objmae-sweep validate FILE [--set k=v ...] [--cluster cluster/gpu.yaml]` -- see objmae_ray/sweep/."""
     argv = list(sys.argv[1:] if argv is None else argv)
     validate_only = bool(argv) and argv[0] == "validate"
     args = _sweep_parser().parse_args(argv[1:] if validate_only else argv)
@@ -70,8 +88,9 @@ def sweep_main(argv: list[str] | None = None) -> int:
         args.overrides.append(f"storage={args.storage}")
     try:
         spec = load_spec(args.file, args.overrides)
+        cluster_line = _check_cluster_file(args.file, spec, args.cluster) if args.cluster else None
         if validate_only:
-            print("\n".join(plan(spec).lines(spec)))
+            print("\n".join(plan(spec).lines(spec) + ([cluster_line] if cluster_line else [])))
             print(f"{args.file}: OK")
             return 0
         from objmae_ray.sweep.tuner import run_sweep, unfinished_trials  # Ray: only when a sweep runs

@@ -4,4 +4,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 VENV="${OBJMAE_VENV:-.venv}"
-exec "$VENV/bin/python" -m pytest -q "$@"
+if [ $# -gt 0 ]; then
+  exec "$VENV/bin/python" -m pytest -q "$@"
+fi
+# Two calls: tests marked `launcher` (tests/test_launcher.py) end every Ray process on the machine
+# (`ray stop` in ray up / ray down / AutoscalingCluster), so they run after the main suite and its
+# session cluster are done.
+"$VENV/bin/python" -m pytest -q -m "not launcher"
+exec "$VENV/bin/python" -m pytest -q -m launcher

@@ -29,11 +29,26 @@ def ray_cluster(tmp_path_factory):
     A head that schedules nothing (CPU 0, like cluster/gpu.yaml) with the dashboard on (see
     docs/ARCHITECTURE.md: Train's cleanup needs the State API), plus two worker nodes of
     OBJMAE_TEST_CPUS CPUs each, so every Ray test also exercises multi-node placement.
+    Like cluster/*.yaml, it starts with token authentication (a session token in a temporary file,
+    RAY_AUTH_TOKEN_PATH; this machine's ~/.ray/auth_token is left alone) and Train state tracking on
+    (the dashboard's Train API). Both are environment variables that the test process's children
+    (`objmae-sweep` drivers) inherit.
     Tests that remove nodes must add their own node first and remove only that one.
     """
+    import secrets
+
     import ray
     from ray.cluster_utils import Cluster
 
+    token = tmp_path_factory.mktemp("ray-auth") / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), RAY_TRAIN_ENABLE_STATE_TRACKING="1")
+    # this process read Ray's config when ray was imported: reload it and the token, as Ray's own
+    # ray.init does when it turns token auth on (authentication_token_setup._enable_token_auth)
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
     cpus = int(os.environ.get("OBJMAE_TEST_CPUS", "2"))
     cluster = Cluster(
         initialize_head=True,

@@ -1,4 +1,6 @@
-"""Offline validation of the shipped cluster YAMLs with Ray's own schema plus objmae-ray's rules."""
+"""Offline validation of the shipped cluster YAMLs with Ray's own schema plus objmae-ray's rules (explicit
+resources, a CPU-0 head, token authentication on every node), and the capacity check of a trial's workers
+against node types x max_workers (objmae_ray/sweep/cluster.py, `objmae-sweep validate --cluster`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,11 +8,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from objmae_ray.sweep.cluster import load_cluster_config, trial_fits, worker_types
 from objmae_ray.config import ResourcesConfig
 from objmae_ray.errors import ConfigError
+from objmae_ray.sweep.cluster import (NodeType, capacity_problems, config_node_types, load_cluster_config, trial_fits,
+                                      worker_types)
+from objmae_ray.sweep.cluster import main as cluster_main
 
 CLUSTER = Path(__file__).resolve().parents[1] / "cluster"
+SPACES = CLUSTER.parent / "search_spaces"
 
 
 def _write(tmp_path, config) -> Path:
@@ -87,3 +92,103 @@ def test_head_without_driver_resource_is_refused(tmp_path):
     del config["available_node_types"]["head"]["resources"]["objmae_driver"]
     with pytest.raises(ConfigError, match="head/resources: missing 'objmae_driver'"):
         load_cluster_config(_write(tmp_path, config))
+
+
+# ---- token authentication ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["gpu.yaml", "onprem.yaml"])
+def test_shipped_configs_start_every_node_with_token_auth(name):
+    """Every `ray start` of both configs runs with RAY_AUTH_MODE=token (and Train state tracking for the
+    dashboard), and file_mounts ships the token to where Ray looks for it."""
+    config = load_cluster_config(CLUSTER / name)
+    starts = [c for key in ("head_start_ray_commands", "worker_start_ray_commands")
+              for c in config[key] if "ray start" in c]
+    assert len(starts) == 2
+    for command in starts:
+        assert "RAY_AUTH_MODE=token" in command and "RAY_TRAIN_ENABLE_STATE_TRACKING=1" in command
+    token_mounts = {dest: src for dest, src in config["file_mounts"].items() if dest.endswith(".ray/auth_token")}
+    assert list(token_mounts.values()) == ["~/.ray/auth_token"]
+
+
+@pytest.mark.parametrize("name", ["gpu.yaml", "onprem.yaml"])
+def test_node_started_without_token_auth_is_refused(tmp_path, name):
+    config = yaml.safe_load((CLUSTER / name).read_text())
+    config["worker_start_ray_commands"] = [c.replace("RAY_AUTH_MODE=token ", "")
+                                           for c in config["worker_start_ray_commands"]]
+    with pytest.raises(ConfigError, match=r"worker_start_ray_commands/1: `ray start` without RAY_AUTH_MODE=token"):
+        load_cluster_config(_write(tmp_path, config))
+
+
+def test_token_that_is_not_shipped_or_is_written_into_the_file_is_refused(tmp_path):
+    config = yaml.safe_load((CLUSTER / "gpu.yaml").read_text())
+    del config["file_mounts"]["/home/ray/.ray/auth_token"]
+    with pytest.raises(ConfigError, match=r"file_mounts: nothing ships the auth token to ~/\.ray/auth_token"):
+        load_cluster_config(_write(tmp_path, config))
+    # a token file of its own, named by RAY_AUTH_TOKEN_PATH, must be a file_mounts destination
+    config["head_start_ray_commands"][1] = "export RAY_AUTH_TOKEN_PATH=/etc/ray/token; " + config["head_start_ray_commands"][1]
+    config["file_mounts"]["/etc/ray/token"] = "~/.ray/auth_token"
+    config["file_mounts"]["/home/ray/.ray/auth_token"] = "~/.ray/auth_token"
+    load_cluster_config(_write(tmp_path, config))
+    del config["file_mounts"]["/etc/ray/token"]
+    with pytest.raises(ConfigError, match=r"nothing ships the auth token to /etc/ray/token"):
+        load_cluster_config(_write(tmp_path, config))
+    config = yaml.safe_load((CLUSTER / "gpu.yaml").read_text())
+    config["head_start_ray_commands"][1] = "RAY_AUTH_TOKEN=abc123 " + config["head_start_ray_commands"][1]
+    with pytest.raises(ConfigError, match=r"head_start_ray_commands/1: a token written into the file leaks"):
+        load_cluster_config(_write(tmp_path, config))
+
+
+def test_cluster_module_cli_refuses_a_config_without_token_auth(tmp_path, capsys):
+    config = yaml.safe_load((CLUSTER / "onprem.yaml").read_text())
+    config["head_start_ray_commands"][1] = config["head_start_ray_commands"][1].replace("RAY_AUTH_MODE=token", "")
+    bad = _write(tmp_path, config)
+    assert cluster_main([str(CLUSTER / "gpu.yaml"), str(bad)]) == 1
+    out, err = capsys.readouterr()
+    assert out.startswith(f"{CLUSTER / 'gpu.yaml'}: ok (gpu_1x")
+    assert err.strip().count("\n") == 0 and "head_start_ray_commands/1" in err and str(bad) in err
+
+
+# ---- capacity: what the node types can ever host ----------------------------------------------------------
+def gpu_types() -> list[NodeType]:
+    return config_node_types(load_cluster_config(CLUSTER / "gpu.yaml"))
+
+
+def test_node_types_of_gpu_yaml_are_its_workers_with_max_workers():
+    assert gpu_types() == [NodeType("gpu_1x", {"CPU": 8, "GPU": 1}, 8), NodeType("gpu_8x", {"CPU": 96, "GPU": 8}, 2)]
+
+
+def test_capacity_problems_name_the_field_and_the_largest_node_type():
+    one_gpu_only = [NodeType("gpu_1x", {"CPU": 8, "GPU": 1}, 8)]
+    two_gpus = ResourcesConfig(use_gpu=True, gpus_per_worker=2, cpus_per_worker=4)
+    assert capacity_problems(two_gpus, one_gpu_only, field="base.resources") == [
+        "base.resources.gpus_per_worker: a worker needs 2 GPUs, but the largest node type, gpu_1x, has 1"]
+    assert capacity_problems(two_gpus, gpu_types()) == []  # gpu_8x holds it
+    assert capacity_problems(ResourcesConfig(use_gpu=True, gpus_per_worker=16), gpu_types()) == [
+        "resources.gpus_per_worker: a worker needs 16 GPUs, but the largest node type, gpu_8x, has 8"]
+    assert capacity_problems(ResourcesConfig(use_gpu=True, cpus_per_worker=97), gpu_types()) == [
+        "resources.cpus_per_worker: a worker needs 97 CPUs, but the largest node type, gpu_8x, has 96"]
+    # each need alone fits some type, both together none
+    lopsided = [NodeType("cpu", {"CPU": 64, "GPU": 0}, 4), NodeType("gpu", {"CPU": 4, "GPU": 4}, 4)]
+    assert capacity_problems(ResourcesConfig(use_gpu=True, cpus_per_worker=8), lopsided) == [
+        "resources: a worker needs 8 CPU, 1 GPU on one node; no node type has both: cpu (64 CPU, 0 GPU), gpu (4 CPU, 4 GPU)"]
+    # 8 x 1 + 2 x 8 = 24 one-GPU workers at most
+    assert capacity_problems(ResourcesConfig(use_gpu=True, num_workers=24, cpus_per_worker=4), gpu_types()) == []
+    assert capacity_problems(ResourcesConfig(use_gpu=True, num_workers=25, cpus_per_worker=4), gpu_types()) == [
+        "resources.num_workers: 25 workers of 4 CPU, 1 GPU, but the cluster holds at most 24 (gpu_1x x 8, gpu_8x x 2)"]
+    assert capacity_problems(ResourcesConfig(), []) == ["resources: the cluster has no node that can run a trial's workers"]
+
+
+def test_validate_with_cluster_refuses_offline_what_no_node_type_can_host(monkeypatch, capsys):
+    """`objmae-sweep validate FILE --cluster cluster/gpu.yaml`: one line naming the study's field and the node type."""
+    from objmae_ray.cli import sweep_main
+
+    for key, value in {"OBJMAE_COCO_ROOT": "/data/coco", "OBJMAE_IN100_ROOT": "/data/imagenet100"}.items():
+        monkeypatch.setenv(key, value)
+    alpha, gpu = str(SPACES / "alpha.yaml"), str(CLUSTER / "gpu.yaml")
+    assert sweep_main(["validate", alpha, "--cluster", gpu]) == 0
+    assert f"{gpu}: a trial's workers fit gpu_1x, gpu_8x" in capsys.readouterr().out
+    assert sweep_main(["validate", alpha, "--cluster", gpu, "--set", "resources.gpus_per_worker=16"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: {alpha}: base.resources.gpus_per_worker: a worker needs 16 GPUs, but the largest node "
+                   f"type, gpu_8x, has 8 (node types of {gpu})"]
+    assert sweep_main(["validate", alpha, "--cluster", str(CLUSTER / "onprem.yaml")]) == 0  # local provider: unknown
+    assert "capacity not checked" in capsys.readouterr().out

@@ -97,8 +97,9 @@ def test_fit_check_refuses_what_gpu_yaml_cannot_host(monkeypatch):
 
 
 # ---- helpers for the Ray tests ----------------------------------------------------------------------------
-def sweep_file(tmp_path: Path, name: str, *, cpus_per_worker: float, extra: str) -> Path:
-    """A micro grid sweep: 32 px, tiny synthetic set, one Train worker per trial."""
+def sweep_file(tmp_path: Path, name: str, *, cpus_per_worker: float, extra: str, pretrain_epochs: int = 1,
+               transfer_data: str = "{num_images: 32, loader_workers: 0}") -> Path:
+    """A micro grid sweep: 32 px, tiny synthetic set (or `transfer_data`), one Train worker per trial."""
     path = tmp_path / f"{name}.yaml"
     path.write_text(f"""\
 study: {name}
@@ -109,9 +110,9 @@ concurrency: 2
 storage: {tmp_path / 'runs'}
 base:
   model: {{preset: micro, img_size: 32, patch_size: 8}}
-  pretrain: {{epochs: 1, warmup_epochs: 0, batch_size: 16, lr: 1.0e-3, data: {{num_images: 32, loader_workers: 0}}}}
+  pretrain: {{epochs: {pretrain_epochs}, warmup_epochs: 0, batch_size: 16, lr: 1.0e-3, data: {{num_images: 32, loader_workers: 0}}}}
   transfer:
-    - {{epochs: 1, warmup_epochs: 0, batch_size: 16, lr: 1.0e-3, data: {{num_images: 32, loader_workers: 0}}}}
+    - {{epochs: 1, warmup_epochs: 0, batch_size: 16, lr: 1.0e-3, data: {transfer_data}}}
   resources: {{num_workers: 1, cpus_per_worker: {cpus_per_worker}}}
   max_failures: 1
 {extra}""")
@@ -387,3 +388,160 @@ def test_trial_drivers_go_to_the_node_offering_the_driver_resource(ray_session, 
     finally:
         ray_cluster.remove_node(node)
     assert resources_become({"cpu": spec.driver_cpus})
+
+
+# ---- capacity at sweep start, data checks where the workers read ------------------------------------------
+@pytest.mark.ray
+def test_sweep_start_refuses_a_worker_no_live_node_can_host(ray_session, ray_cluster, tmp_path):
+    """The session cluster has no autoscaler: its live nodes are the node types. A worker of 3 CPUs (the
+    nodes have 2) is refused once, naming the field and the largest node; 1 CPU passes (no waiting)."""
+    from objmae_ray.errors import ConfigError
+    from objmae_ray.sweep.tuner import check_cluster
+
+    node_cpus = max(base_nodes(ray_cluster).values())
+    spec = load_spec(sweep_file(tmp_path, "cap", cpus_per_worker=node_cpus + 1,
+                                extra="search_space:\n  padding: {choices: [zero, random]}\n"))
+    with pytest.raises(ConfigError) as refused:
+        check_cluster(spec, echo=pytest.fail)
+    assert str(refused.value).startswith(f"base.resources.cpus_per_worker: a worker needs {node_cpus + 1:g} CPUs, "
+                                         f"but the largest node type, node ")
+    assert str(refused.value).endswith(f"has {node_cpus:g} (the cluster's nodes (no autoscaler))")
+    fits = load_spec(sweep_file(tmp_path, "fits", cpus_per_worker=1,
+                                extra="search_space:\n  padding: {choices: [zero, random]}\n"))
+    assert check_cluster(fits, echo=pytest.fail) is False
+
+
+@pytest.mark.ray
+def test_live_resources_refusal_is_skipped_on_an_autoscaling_cluster(ray_session):
+    """No GPU is live: a GPU trial is refused on a fixed cluster, but waits (is not refused) when the sweep
+    found an autoscaler that can start GPU nodes (`_autoscaling` in the trial config)."""
+    from objmae_ray.config import TrialConfig
+    from objmae_ray.errors import ConfigError
+    from objmae_ray.train.trial import check_trial
+
+    cfg = TrialConfig.model_validate({"resources": {"use_gpu": True, "gpus_per_worker": 1}})
+    with pytest.raises(ConfigError, match=r"^resources\.use_gpu: the cluster has 0 GPUs"):
+        check_trial(cfg)
+    check_trial(cfg, autoscaling=True)
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_data_check_runs_on_a_worker_node_and_names_it(ray_session, ray_cluster, tmp_path):
+    """The dataset must exist where the workers read it, not on the head or the driver. A node whose
+    processes see HOME=<tmp>/worker-home holds `~/coco`; the driver's HOME has none. A trial whose worker
+    (3 CPUs) fits only that node passes the check; a path missing everywhere is refused naming the node,
+    which is a worker node, never the CPU-0 head."""
+    from objmae_ray.config import TrialConfig
+    from objmae_ray.errors import ConfigError
+    from objmae_ray.train.trial import check_data
+
+    home = tmp_path / "worker-home"
+    (home / "coco").mkdir(parents=True)
+    assert not Path("~/coco").expanduser().exists()
+    data_node = ray_cluster.add_node(num_cpus=3, env_vars={"HOME": str(home)})
+    ray_cluster.wait_for_nodes()
+    try:
+        def trial(root: str, cpus: float) -> TrialConfig:
+            return TrialConfig.model_validate({"pretrain": {"data": {"kind": "coco", "root": root}},
+                                               "resources": {"cpus_per_worker": cpus}})
+
+        check_data(trial("~/coco", 3))  # only the data node has 3 CPUs: checked there, found
+        with pytest.raises(ConfigError) as refused:
+            check_data(trial("~/nope", 3))
+        message = str(refused.value)
+        assert message.startswith("pretrain.data.root: ~/nope not found on node ")
+        assert f"node id {data_node.node_id[:12]}" in message
+        with pytest.raises(ConfigError) as refused:
+            check_data(trial("~/nope", 1))  # lands on any node that can run a worker
+        named = refused.value.args[0].rsplit("node id ", 1)[1].rstrip(")")
+        assert ray_cluster.head_node.node_id[:12] != named
+        assert named in {n[:12] for n in [*base_nodes(ray_cluster), data_node.node_id]}
+    finally:
+        ray_cluster.remove_node(data_node)
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.timeout(900)
+def test_data_missing_on_the_workers_fails_that_trial_alone(ray_session, ray_cluster, shared_data, tmp_path):
+    """A grid over the transfer dataset: real photos (hymenoptera) or a path no worker node has. The second
+    trial errors with one line naming the path and the node, before any Train worker starts; the first
+    trial runs to the end; the sweep reports one failed trial."""
+    photos, missing = shared_data / "hymenoptera", tmp_path / "no-such-dataset"
+    path = sweep_file(tmp_path, "datamiss", cpus_per_worker=1,
+                      transfer_data=f'{{kind: folder, root: "{photos}", loader_workers: 0}}',
+                      extra=f'search_space:\n  transfer.0.data.root: {{choices: ["{photos}", "{missing}"]}}\n')
+    before = actor_ids("RayTrainWorker")
+    log = tmp_path / "sweep.log"
+    driver = start_sweep(ray_session, path, "dm", log)
+    try:
+        rc = driver.wait(timeout=600)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+    text = log.read_text()
+    assert rc == 1, text[-3000:]
+    assert "0 trial(s) unfinished, 1 failed" in text, text[-3000:]
+    records = {r.params["transfer.0.data.root"]: r for r in records_from_dir(tmp_path / "runs" / "dm")}
+    assert records[str(photos)].status == "done"
+    failed = records[str(missing)]
+    assert failed.status == "error" and not failed.history
+    error = (Path(failed.path) / "error.txt").read_text()
+    line = next(line for line in error.splitlines() if "not found on node" in line)
+    assert f"transfer.0.data.root: {missing} not found on node " in line
+    named = line.rsplit("node id ", 1)[1].split(")")[0]
+    assert named in {n[:12] for n in base_nodes(ray_cluster)}  # a worker node, not the CPU-0 head
+    assert len([a for a in actors("RayTrainWorker") if a.actor_id not in before]) == 1  # none for the failed one
+
+
+# ---- the dashboard's Train view during a sweep ------------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.timeout(900)
+def test_dashboard_train_runs_show_every_running_trial(ray_session, ray_cluster, tmp_path):
+    """During a sweep of two concurrent trials, the dashboard's Train API (/api/train/v2/runs/v1; the
+    session cluster starts with RAY_TRAIN_ENABLE_STATE_TRACKING=1, like cluster/*.yaml) lists a RUNNING
+    Train run for every Tune trial the experiment state shows RUNNING. Token auth is on: without the
+    bearer token the API answers 401. The console prints the token hint next to the dashboard URL."""
+    from ray._private.authentication.http_token_authentication import get_auth_headers_if_auth_enabled
+
+    from objmae_ray.sweep.rundir import trial_statuses
+
+    url = f"http://{ray_cluster.webui_url}"
+    headers = get_auth_headers_if_auth_enabled({})
+    assert headers, "the session cluster runs with token authentication"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        dashboard_get(f"{url}/api/train/v2/runs/v1")
+    assert refused.value.code == 401
+    spec = sweep_file(tmp_path, "dash", cpus_per_worker=0.5, pretrain_epochs=30,
+                      extra="search_space:\n  padding: {choices: [zero, random]}\n")
+    log = tmp_path / "sweep.log"
+    driver = start_sweep(ray_session, spec, "dash", log)
+    run = tmp_path / "runs" / "dash"
+    seen: dict[str, str] = {}
+    deadline = time.time() + 400
+    try:
+        while time.time() < deadline and len(seen) < 2:
+            assert driver.poll() is None, log.read_text()[-3000:]
+            try:
+                running = {tid for tid, status in trial_statuses(str(run)).items() if status == "RUNNING"}
+            except (json.JSONDecodeError, OSError):  # experiment state being rewritten, or not there yet
+                running = set()
+            runs = dashboard_get(f"{url}/api/train/v2/runs/v1", headers)["train_runs"]
+            listed = {r["name"]: r["status"] for r in runs}
+            # a Tune trial is RUNNING before its Train run registers: check those with a run and a report
+            for tid in running:
+                if listed.get(f"train-{tid}") == "RUNNING":
+                    seen[tid] = listed[f"train-{tid}"]
+            time.sleep(2)
+    finally:
+        driver.kill()
+        driver.wait()
+    assert len(seen) == 2, (seen, log.read_text()[-3000:])
+    text = log.read_text()
+    dashboard_line = f"Ray dashboard: {url}"
+    lines = text.splitlines()
+    assert dashboard_line in lines
+    assert "`ray get-auth-token`" in lines[lines.index(dashboard_line) + 1]

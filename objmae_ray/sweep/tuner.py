@@ -4,7 +4,8 @@
                                objmae_ray.train.trial.tune_trainable (a Ray Train run)
   driver_resources             what one trial's Tune driver asks for (the Train workers hold the real resources)
   build_tuner / restore_tuner  tune.Tuner with the searcher and scheduler of objmae_ray/sweep/search.py
-  connect                      join a cluster or start a local Ray with the dashboard
+  connect                      join a cluster or start a local Ray with the dashboard (Train state tracking on)
+  check_cluster                the trial's workers against the node types the cluster can bring up
   run_sweep                    fit or resume to the end; returns the run path and the ResultGrid
 
 Trial config: Tune's `param_space` is the base TrialConfig (fixed search values applied) and the
@@ -15,6 +16,7 @@ and not rerun, and unfinished ones restart from their latest Ray Train checkpoin
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -23,7 +25,7 @@ from ray import tune
 
 from objmae_ray.config import SweepSpec
 from objmae_ray.errors import ConfigError
-from objmae_ray.sweep.cluster import DRIVER_RESOURCE
+from objmae_ray.sweep.cluster import DRIVER_RESOURCE, capacity_problems, cluster_node_types, waiting_for_nodes
 from objmae_ray.sweep.plan import plan
 from objmae_ray.sweep.rundir import default_name, latest_run, run_path, save_spec, storage_uri, trial_statuses
 from objmae_ray.sweep.search import build_search, build_trial_scheduler
@@ -62,11 +64,13 @@ def _with_resources(spec: SweepSpec, trainable: Callable):
 
 
 def build_tuner(spec: SweepSpec, *, name: str, storage: str | None = None,
-                trainable: Callable = sweep_trainable) -> tune.Tuner:
-    """tune.Tuner of the sweep: searcher, scheduler, trial count, storage (nothing runs yet)."""
+                trainable: Callable = sweep_trainable, autoscaling: bool = False) -> tune.Tuner:
+    """tune.Tuner of the sweep: searcher, scheduler, trial count, storage (nothing runs yet). `autoscaling`
+    tells each trial's driver not to refuse what only waits for a scale-up (see check_cluster)."""
     storage = storage_uri(storage or spec.storage)
     param_space = base_trial(spec).model_dump()
     param_space["_storage_path"] = f"{storage.rstrip('/')}/{name}"  # inner Ray Train runs: shared storage
+    param_space["_autoscaling"] = autoscaling
     return tune.Tuner(
         _with_resources(spec, trainable),
         param_space=param_space,
@@ -85,15 +89,47 @@ def restore_tuner(spec: SweepSpec, path: str, trainable: Callable = sweep_traina
     return tune.Tuner.restore(path, trainable=_with_resources(spec, trainable), resume_errored=True)
 
 
+# Ray reads these when it starts: set before a local ray.init (a cluster's nodes set them in cluster/*.yaml).
+RAY_START_ENV = {"RAY_TRAIN_ENABLE_STATE_TRACKING": "1"}  # the dashboard's Train API: /api/train/v2/runs/v1
+TOKEN_HINT = ("dashboard login: paste the output of `ray get-auth-token` (on the head) into its token prompt; "
+              "`ray job submit` and the HTTP API need RAY_AUTH_MODE=token and the same token")
+
+
 def connect(address: str | None) -> str:
-    """Connect to a cluster (`auto`, HOST:PORT) or start a local Ray with the dashboard; return its URL."""
+    """Connect to a cluster (`auto`, HOST:PORT) or start a local Ray with the dashboard and Train state
+    tracking (token authentication is Ray's default for a local cluster); return the dashboard URL."""
     if not ray.is_initialized():
+        for key, value in RAY_START_ENV.items():
+            os.environ.setdefault(key, value)
         kwargs = {"address": address} if address else {"address": "local", "include_dashboard": True}
         ray.init(configure_logging=False, **kwargs)
     from ray._private.worker import get_dashboard_url
 
     url = get_dashboard_url()
     return f"http://{url}" if url and "://" not in url else (url or "(dashboard not available)")
+
+
+def token_hint() -> str | None:
+    """How to get past the dashboard's token prompt, when the connected cluster uses token authentication."""
+    from ray._private.authentication.authentication_utils import is_token_auth_enabled
+
+    return TOKEN_HINT if is_token_auth_enabled() else None
+
+
+def check_cluster(spec: SweepSpec, echo: Callable[[str], None] = print) -> bool:
+    """Refuse, once, a sweep whose trials no node type of the connected cluster can ever host (ConfigError
+    naming base.resources.<field> and the largest node type); say when the trials wait for a scale-up.
+    Returns whether the cluster autoscales (the node types come from its autoscaler, not its live nodes)."""
+    resources = base_trial(spec).resources
+    types, autoscaling = cluster_node_types()
+    problems = capacity_problems(resources, types, field="base.resources")
+    if problems:
+        kind = "the autoscaler's node types" if autoscaling else "the cluster's nodes (no autoscaler)"
+        raise ConfigError(f"{problems[0]} ({kind})")
+    waiting = waiting_for_nodes(resources, types) if autoscaling else None
+    if waiting:
+        echo(waiting)
+    return autoscaling
 
 
 def unfinished_trials(spec: SweepSpec, path: str, results) -> int:
@@ -117,6 +153,10 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, name: str | None =
     for line in plan(spec).lines(spec):
         echo(line)
     echo(f"Ray dashboard: {connect(address)}")
+    hint = token_hint()
+    if hint:
+        echo(hint)
+    autoscaling = check_cluster(spec, echo)
     if resume:
         tuner = restore_tuner(spec, path, trainable)
         echo(f"resuming {path}")
@@ -124,6 +164,6 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, name: str | None =
         if "://" not in path and Path(path).exists():
             raise ConfigError(f"{path}: already exists (pass --resume to continue it, or another --name)")
         save_spec(spec, path)
-        tuner = build_tuner(spec, name=name, storage=storage, trainable=trainable)
+        tuner = build_tuner(spec, name=name, storage=storage, trainable=trainable, autoscaling=autoscaling)
         echo(f"running {path}")
     return path, tuner.fit()

@@ -9,8 +9,10 @@ Entry points
   python -m objmae_ray.train.trial CONFIG.yaml [--storage DIR] [--name NAME] [--address local]   (debugging)
 
 Before any worker starts, `check_trial` refuses a trial that cannot run: every rule of
-objmae_ray/train/rules.py, then what needs the file system (dataset paths, CAM cache) and the
-cluster (resources).
+objmae_ray/train/rules.py, the cluster's live resources (not on an autoscaling cluster, where the sweep
+checked the node types at its start and a trial waits for a scale-up), then the dataset paths and CAM
+cache on a node that can run the workers (`check_data`: a small Ray task with one worker's resources; the
+head never needs the dataset). A missing path fails that trial alone, naming the path and the node.
 
 Storage: `run_trial` writes to `<storage_path>/<name>/checkpoint_*`. Inside Tune the inner run's
 storage is `config["_storage_path"]` (name `train-<trial_id>`) when the sweep passes one (needed on
@@ -19,7 +21,8 @@ again with the same storage and name resumes from its latest checkpoint (Ray Tra
 run's checkpoint history from storage).
 
 Reserved config keys (every key starting with "_" is dropped before TrialConfig validation):
-`_storage_path` (above) and `_hooks` (tests/benchmarks only, see objmae_ray/train/loop.py).
+`_storage_path` (above), `_autoscaling` (true: the cluster has an autoscaler, so live resources are not
+compared) and `_hooks` (tests/benchmarks only, see objmae_ray/train/loop.py).
 
 Fault tolerance: FailureConfig(max_failures) restarts the worker group from the latest registered
 checkpoint, so at most `checkpoint_every` epochs (default 1) are redone. Ray Train's controller
@@ -65,29 +68,20 @@ def load_trial_config(path: str | Path) -> TrialConfig:
     return trial_from_dict(data, source=str(path))
 
 
-def check_trial(cfg: TrialConfig, *, cluster_resources: dict | None = None) -> None:
+def check_trial(cfg: TrialConfig, *, cluster_resources: dict | None = None, autoscaling: bool = False) -> None:
     """Refuse, before any worker starts, a trial that cannot run; ConfigError "<field>: <reason>".
 
-    The rules of objmae_ray/train/rules.py, then dataset paths and the CAM cache on this machine, then
-    GPUs and CPUs against `cluster_resources` (default: `ray.cluster_resources()` when Ray is initialised).
+    The rules of objmae_ray/train/rules.py; then GPUs and CPUs against `cluster_resources` (the live
+    resources of a cluster without an autoscaler; default `ray.cluster_resources()` when Ray is initialised,
+    skipped when `autoscaling`: the sweep checked the node types at its start, and a trial that needs a
+    scale-up waits for it); then the dataset paths and the CAM cache where the workers read them
+    (`check_data`).
     """
     problems = trial_problems(cfg)
     if problems:
         raise ConfigError(problems[0] + (f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""))
-    cam_cache = cfg.pretrain.data.cam_cache
-    if cfg.masking.selection == "cam" and cam_cache and not Path(cam_cache).exists():
-        raise ConfigError(f"pretrain.data.cam_cache: {cam_cache} not found")
-    for path, _, phase in trial_phases(cfg):
-        data = phase.data
-        if data.root is not None and data.kind != "synthetic" and not Path(data.root).expanduser().is_dir():
-            raise ConfigError(f"{path}.data.root: {data.root} not found")
-        if data.ann_file and "{split}" not in data.ann_file:
-            ann = Path(data.ann_file)
-            ann = ann if ann.is_absolute() or data.root is None else Path(data.root) / ann
-            if not ann.is_file():
-                raise ConfigError(f"{path}.data.ann_file: {ann} not found")
     res = cfg.resources
-    if cluster_resources is None:
+    if cluster_resources is None and not autoscaling:
         import ray
 
         cluster_resources = ray.cluster_resources() if ray.is_initialized() else None
@@ -99,6 +93,77 @@ def check_trial(cfg: TrialConfig, *, cluster_resources: dict | None = None) -> N
         cpus = cluster_resources.get("CPU", 0)
         if cpus < res.cpus_per_worker:
             raise ConfigError(f"resources.cpus_per_worker: {res.cpus_per_worker:g} but the cluster has {cpus:g} CPUs")
+    check_data(cfg)
+
+
+def data_problems(cfg: TrialConfig) -> list[str]:
+    """Dataset roots, annotation files and the CAM cache of every phase, on this machine: "<field>: <path> not found"."""
+    problems = []
+    cam_cache = cfg.pretrain.data.cam_cache
+    if cfg.masking.selection == "cam" and cam_cache and not Path(cam_cache).expanduser().exists():
+        problems.append(f"pretrain.data.cam_cache: {cam_cache} not found")
+    for path, _, phase in trial_phases(cfg):
+        data = phase.data
+        if data.root is not None and data.kind != "synthetic" and not Path(data.root).expanduser().is_dir():
+            problems.append(f"{path}.data.root: {data.root} not found")
+        elif data.ann_file and "{split}" not in data.ann_file:
+            ann = Path(data.ann_file).expanduser()
+            ann = ann if ann.is_absolute() or data.root is None else Path(data.root).expanduser() / ann
+            if not ann.is_file():
+                problems.append(f"{path}.data.ann_file: {ann} not found")
+    return problems
+
+
+def _reads_files(cfg: TrialConfig) -> bool:
+    """Whether any phase reads a dataset or cache from disk (the built-in synthetic scenes do not need one)."""
+    return (cfg.masking.selection == "cam" and bool(cfg.pretrain.data.cam_cache)) or any(
+        phase.data.kind != "synthetic" and phase.data.root is not None for _, _, phase in trial_phases(cfg))
+
+
+def _node_data_problems(cfg_dict: dict) -> tuple[str, list[str]]:
+    """Ray task body: (this node's name, data_problems here)."""
+    import socket
+
+    import ray
+
+    ctx = ray.get_runtime_context()
+    node = f"{socket.gethostname()} ({ray.util.get_node_ip_address()}, node id {ctx.get_node_id()[:12]})"
+    return node, data_problems(trial_from_dict(cfg_dict))
+
+
+def check_data(cfg: TrialConfig, *, wait_note_s: float = 30.0) -> None:
+    """Refuse a trial whose dataset is missing where its workers read it: ConfigError "<field>: <path> not
+    found on node <host> (<ip>, node id ...)".
+
+    With Ray initialised, the check runs as a small task asking for one worker's resources
+    ({CPU: cpus_per_worker, GPU: gpus_per_worker}), so it lands on a node that can run the workers (never
+    on a head with CPU 0) and, on an autoscaling cluster, waits for the scale-up that the workers would
+    wait for, saying so every `wait_note_s`. Without Ray: on this machine. Synthetic-only trials skip it.
+    """
+    if not _reads_files(cfg):
+        return
+    import ray
+
+    if not ray.is_initialized():
+        problems = data_problems(cfg)
+        if problems:
+            raise ConfigError(problems[0])
+        return
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    res = cfg.resources
+    task = ray.remote(_node_data_problems).options(
+        num_cpus=res.cpus_per_worker, num_gpus=res.gpus_per_worker if res.use_gpu else 0, max_retries=3,
+        # outside the Tune trial's placement group (which holds only the driver), like Train's workers
+        scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None))
+    ref = task.remote(cfg.model_dump())
+    while not ray.wait([ref], timeout=wait_note_s)[0]:
+        shape = f"{res.cpus_per_worker:g} CPU" + (f", {res.gpus_per_worker:g} GPU" if res.use_gpu else "")
+        print(f"trial {cfg.name}: waiting for nodes: no node with {shape} free for the data check yet "
+              f"(an autoscaling cluster is starting one)", flush=True)
+    node, problems = ray.get(ref)
+    if problems:
+        raise ConfigError(f"{problems[0]} on node {node}")
 
 
 def build_trainer(cfg: TrialConfig, *, storage_path: str, name: str, callbacks: list | None = None,
@@ -107,7 +172,8 @@ def build_trainer(cfg: TrialConfig, *, storage_path: str, name: str, callbacks: 
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    # the dashboard's Train tab (runs, attempts, workers per node) needs Train's state actor
+    # Train's state actor behind the dashboard's Train API (/api/train/v2/runs/v1); the cluster should
+    # start with it on too (objmae_ray/sweep/tuner.py connect, cluster/*.yaml), this covers older clusters
     os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_TRACKING", "1")
     res = cfg.resources
     resources = {"CPU": res.cpus_per_worker}
@@ -160,7 +226,7 @@ def tune_trainable(config: dict) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     cfg = trial_from_dict(config)
-    check_trial(cfg)
+    check_trial(cfg, autoscaling=bool(config.get("_autoscaling")))
     ctx = ray.tune.get_context()
     if config.get("_storage_path"):
         storage_path, name = str(config["_storage_path"]), f"train-{ctx.get_trial_id()}"
