@@ -15,7 +15,8 @@ def test_optuna_space_and_samplers(tmp_path):
     spec = load_spec(SMOKE)
     space = optuna_space(spec)
     assert space == {
-        "masking.alpha": optuna.distributions.FloatDistribution(0.125, 0.5, log=True),
+        # alpha in [1/8, 1/2] on a 4 x 4 grid: only L = 2..8 patches per side exist, so only L / 16
+        "masking.alpha": optuna.distributions.CategoricalDistribution([k / 16 for k in range(2, 9)]),
         "masking.padding": optuna.distributions.CategoricalDistribution(["zero", "replicate", "random"]),
         "masking.selection": optuna.distributions.CategoricalDistribution(["object", "inter", "mae"]),
     }

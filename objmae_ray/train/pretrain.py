@@ -18,6 +18,7 @@ from torch import nn
 from objmae_ray.config import MaskingConfig
 from objmae_ray.method.masking import Masks, sample_masks
 
+ALPHA_KEYS = ("encoder_seen", "target_real", "padded", "alpha_effective")  # Masks.alpha_sums
 StepHook = Callable[[int, int], None]  # (epoch, step) -> None, called before each step (fault injection in tests)
 
 
@@ -34,6 +35,7 @@ class EpochStats:
     steps: int
     seconds: float
     fallback: int = 0  # pre-train only: images with no eligible object (whole image used)
+    alpha: dict[str, float] | None = None  # pre-train only: what alpha did, means per image (Masks.alpha_sums)
 
 
 def autocast(device: torch.device):
@@ -76,6 +78,7 @@ def sample_batch_masks(batch: dict, *, num_patches: int, masking: MaskingConfig,
         saliency=batch.get("saliency"),
         min_ratio=masking.min_ratio,
         cam_threshold=masking.cam_threshold,
+        cam_select=masking.cam_select or "topk",
         generator=generator,
         device=device,
     )
@@ -93,6 +96,7 @@ def pretrain_epoch(model: nn.Module, loader: Iterable[dict], optimizer: torch.op
     model.train()
     start = time.perf_counter()
     loss_sum, images, fallback, steps = 0.0, 0, 0, 0
+    alpha_sums = dict.fromkeys(ALPHA_KEYS, 0.0)
     for step, batch in enumerate(loader):
         if on_step is not None:
             on_step(epoch, step)
@@ -109,8 +113,13 @@ def pretrain_epoch(model: nn.Module, loader: Iterable[dict], optimizer: torch.op
         loss_sum += value * imgs.shape[0]
         images += imgs.shape[0]
         fallback += int(masks.fallback.sum())
+        for key, value in masks.alpha_sums(num_patches).items():
+            alpha_sums[key] += value
         steps += 1
-    loss_sum, images, fallback = all_reduce_sums(loss_sum, images, fallback, device=device)
+    loss_sum, images, fallback, *sums = all_reduce_sums(loss_sum, images, fallback, *alpha_sums.values(),
+                                                        device=device)
     seconds = time.perf_counter() - start
+    alpha = {f"{key}_frac" if key != "alpha_effective" else key: value / max(images, 1)
+             for key, value in zip(alpha_sums, sums)}
     return EpochStats(loss=loss_sum / max(images, 1), images=int(images), steps=steps,
-                      seconds=seconds, fallback=int(fallback))
+                      seconds=seconds, fallback=int(fallback), alpha=alpha)

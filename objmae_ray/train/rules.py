@@ -46,6 +46,9 @@ def _selection_problems(cfg: TrialConfig) -> list[str]:
                  "object": "object masks (pretrain.data.kind coco or synthetic)",
                  "inter": "object masks (pretrain.data.kind coco or synthetic)"}[selection]
         problems.append(f"masking.selection: {selection!r} needs {needs}, but pretrain.data.kind is {data.kind!r}")
+    if cfg.masking.cam_select and selection != "cam":
+        problems.append(f"masking.cam_select: {cfg.masking.cam_select!r} applies to selection 'cam' only "
+                        f"(masking.selection is {selection!r})")
     if selection == "cam" and not data.cam_cache:
         problems.append("pretrain.data.cam_cache: masking.selection 'cam' needs a CAM cache "
                         "(build it with `objmae-data cam`)")
