@@ -426,3 +426,21 @@ def test_runs_on_the_inputs_device_with_its_generator(device):
     m = sample_masks(batch_size=64, num_patches=196, alpha=0.34, selection="mae", padding="zero",
                      generator=generator)  # no input tensors: the generator's device
     assert m.src_idx.device.type == device and math.isclose(m.stats()["mask_src_pad_frac"], 0.0)
+
+
+@pytest.mark.parametrize("padding, seen", [("zero", 4), ("replicate", 4), ("random", 10)])
+def test_alpha_sums_count_what_the_encoder_sees_and_the_padded_slots(padding, seen):
+    """A 7-patch object on 100 patches at alpha 0.1 (L = 10): source 4 + target 3 region patches, so 13 of the
+    20 slots are padding whatever the mode; the encoder sees 4 distinct patches (zero: 6 invalid slots;
+    replicate: the 4 again), or 10 with random padding (6 more from outside the object)."""
+    patches, ratio = seven_patch_object()
+    m = masks_for("object", padding, 0.1, patches, ratio)
+    encoder_seen, target_real, padded, alpha_effective = m.alpha_sums(100).tolist()
+    assert encoder_seen == pytest.approx(seen / 100) and target_real == pytest.approx(3 / 10)
+    assert padded == pytest.approx(13 / 20) and alpha_effective == pytest.approx(10 / 100)
+
+
+def test_alpha_sums_under_throwout_lower_l_and_pad_nothing():
+    patches, ratio = seven_patch_object()
+    m = masks_for("object", "throwout", 0.1, patches, ratio)  # L = min(4, 3) = 3
+    assert m.alpha_sums(100).tolist() == pytest.approx([3 / 100, 1.0, 0.0, 3 / 100])

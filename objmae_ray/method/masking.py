@@ -47,6 +47,7 @@ from objmae_ray.errors import ConfigError
 
 __all__ = ["Masks", "PADDINGS", "SELECTIONS", "sample_masks", "target_length"]
 MIN_REGION_PATCHES = 2  # a region must split into a non-empty source and target
+ALPHA_STATS = ("encoder_seen_frac", "target_real_frac", "padded_frac", "alpha_effective")  # Masks.alpha_sums
 
 
 @dataclass
@@ -69,19 +70,19 @@ class Masks:
             "mask_tgt_pad_frac": (~self.tgt_valid).float().mean().item(),
         }
 
-    def alpha_sums(self, num_patches: int) -> dict[str, float]:
-        """What alpha did in this batch, as sums over its images (divide by the image count for means):
-        `encoder_seen` distinct patches in valid source slots / N; `target_real` target slots holding a
-        target-region patch / L; `padded` slots (both sides) beyond the region, whatever the padding mode
-        put there / 2L; `alpha_effective` L / N (throwout lowers L)."""
+    def alpha_sums(self, num_patches: int) -> torch.Tensor:
+        """What alpha did in this batch, summed over its images (divide by the image count for means), on the
+        masks' device (no host sync), in ALPHA_STATS order: `encoder_seen` distinct patches in valid source
+        slots / N; `target_real` target slots holding a target-region patch / L; `padded` slots (both sides)
+        beyond the region, whatever the padding mode put there / 2L; `alpha_effective` L / N (throwout
+        lowers L)."""
         batch, length = self.src_idx.shape
         seen = torch.zeros(batch, num_patches, dtype=torch.bool, device=self.src_idx.device)
-        rows = torch.arange(batch, device=seen.device).unsqueeze(1).expand_as(self.src_idx)
-        seen[rows[self.src_valid], self.src_idx[self.src_valid]] = True
-        sums = torch.stack([seen.sum(1) / num_patches, self.tgt_real / length,
-                            (2 * length - self.src_real - self.tgt_real) / (2 * length)]).sum(1).tolist()
-        return {"encoder_seen": sums[0], "target_real": sums[1], "padded": sums[2],
-                "alpha_effective": batch * length / num_patches}
+        seen.scatter_(1, torch.where(self.src_valid, self.src_idx, self.src_idx[:, :1]), True)
+        per_image = torch.stack([seen.sum(1) / num_patches, self.tgt_real / length,
+                                 (2 * length - self.src_real - self.tgt_real) / (2 * length),
+                                 torch.full_like(self.tgt_real, length, dtype=torch.float) / num_patches])
+        return per_image.float().sum(1)
 
 
 def target_length(alpha: float, num_patches: int) -> int:

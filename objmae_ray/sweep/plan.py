@@ -19,8 +19,10 @@ from objmae_ray.sweep.checks import checked_cases, coverage
 from objmae_ray.sweep.space import asha_milestones, base_trial, describe_param, num_configurations, search_paths
 
 # Train / val images per epoch by dataset kind, for the estimate (override with estimate.*_images).
-# coco: COCO 2017 train (the paper's filtered COCO 2014 train has 72,452); folder: ImageNet-100.
-DATASET_IMAGES = {"coco": (118_287, 0), "folder": (126_689, 5_000), "cifar100": (50_000, 10_000)}
+# coco: COCO 2014 train after the paper's filtering (72,452 of 82,783), COCO 2017 train unfiltered;
+# folder: ImageNet-100.
+DATASET_IMAGES = {"coco": (72_452, 0), "folder": (126_689, 5_000), "cifar100": (50_000, 10_000)}
+COCO_TRAIN_IMAGES = {"train2014": 72_452, "train2017": 118_287}
 PLAN_SAMPLE = 64  # configurations the estimate averages over (endpoints of ranges)
 
 
@@ -79,6 +81,8 @@ def _images(data: DataConfig, override: int | None) -> tuple[int, int]:
         return override, 0
     if data.kind == "synthetic":
         return data.num_images, 0
+    if data.kind == "coco" and data.train_split in COCO_TRAIN_IMAGES:
+        return COCO_TRAIN_IMAGES[data.train_split], 0
     return DATASET_IMAGES[data.kind]
 
 

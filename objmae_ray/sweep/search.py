@@ -42,16 +42,18 @@ class _OptunaSearch(OptunaSearch):
         self._finals: dict[str, dict | None] = {}  # trial id -> its final result (None: failed)
 
     def suggest(self, trial_id: str):
-        for _ in range(MAX_DRAWS):
-            config = super().suggest(trial_id)
+        for draw in range(MAX_DRAWS):
+            draw_id = f"{trial_id}~draw{draw}"  # OptunaSearch keeps one Optuna trial per id: one id per draw
+            config = super().suggest(draw_id)
             if not isinstance(config, dict):  # None (wait) or Searcher.FINISHED
                 return config
             key = effective_key(config, self._spec)
             if key not in self._given:
                 self._given[key] = trial_id
+                self._ot_trials[trial_id] = self._ot_trials.pop(draw_id)  # the Tune trial owns this Optuna trial
                 return config
             earlier = self._finals.get(self._given[key])  # tell Optuna what this point scored; draw again
-            super().on_trial_complete(trial_id, result=earlier, error=earlier is None)
+            super().on_trial_complete(draw_id, result=earlier, error=earlier is None)
         return Searcher.FINISHED  # every configuration the sampler keeps proposing has run
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:

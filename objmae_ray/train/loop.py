@@ -6,7 +6,8 @@ phase (fine-tune and/or linear probe), reporting and checkpointing every epoch.
 is its runtime (Ray Train via `ray_worker()`, or `LocalRun` in a plain process for unit tests).
 
 Metrics (flat, one report per epoch): phase, phase_index, epoch (0-based within the phase),
-recon_loss (the pre-train epoch's loss; in transfer phases the last pre-train value), train_loss, top1,
+recon_loss (the pre-train epoch's loss; in transfer phases the last pre-train value), recon_zero_loss (the
+loss of predicting zeros on the same targets in that epoch: the baseline a reconstruction must beat), train_loss, top1,
 top5, val_loss, val_images (transfer phases; top1/top5/val_loss are 0.0 during pre-training so Tune
 schedulers always find the metric), images_per_s, epoch_time_s (train + eval), pretrain_time_s
 (cumulative pre-train compute time), speedup_est (method/flops.py), fallback / fallback_frac (images
@@ -321,7 +322,8 @@ class TrialRun:
             self.report({"train_loss": stats.loss, "top1": 0.0, "top5": 0.0, "val_loss": 0.0,
                          "images_per_s": stats.images / stats.seconds, "epoch_time_s": stats.seconds,
                          "fallback": stats.fallback, "fallback_frac": stats.fallback / max(stats.images, 1),
-                         **stats.alpha, "lr": max(g["lr"] for g in optimizer.param_groups)},
+                         "recon_zero_loss": stats.zero_loss, **stats.alpha,
+                         "lr": max(g["lr"] for g in optimizer.param_groups)},
                         phase_index=phase_index, epoch=epoch, optimizer=optimizer, scheduler=scheduler,
                         updates=(epoch + 1) * len(loader))
 

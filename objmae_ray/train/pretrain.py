@@ -16,9 +16,8 @@ import torch.distributed as dist
 from torch import nn
 
 from objmae_ray.config import MaskingConfig
-from objmae_ray.method.masking import Masks, sample_masks
+from objmae_ray.method.masking import ALPHA_STATS, Masks, sample_masks
 
-ALPHA_KEYS = ("encoder_seen", "target_real", "padded", "alpha_effective")  # Masks.alpha_sums
 StepHook = Callable[[int, int], None]  # (epoch, step) -> None, called before each step (fault injection in tests)
 
 
@@ -35,6 +34,7 @@ class EpochStats:
     steps: int
     seconds: float
     fallback: int = 0  # pre-train only: images with no eligible object (whole image used)
+    zero_loss: float = 0.0  # pre-train only: the loss of predicting zeros on the same targets (mean per image)
     alpha: dict[str, float] | None = None  # pre-train only: what alpha did, means per image (Masks.alpha_sums)
 
 
@@ -92,11 +92,14 @@ def pretrain_epoch(model: nn.Module, loader: Iterable[dict], optimizer: torch.op
 
     `first_update` is the global index of this epoch's first optimiser update (for the per-update
     lr schedule); `generator` lives on `device` and is already seeded for (seed, epoch, rank).
+    Besides the loss, the epoch measures the loss of predicting zeros on the same targets (the baseline a
+    reconstruction must beat) and what alpha did (Masks.alpha_sums), accumulated on the device.
     """
     model.train()
+    core = getattr(model, "module", model)  # DDP wraps the ObjMAE
     start = time.perf_counter()
-    loss_sum, images, fallback, steps = 0.0, 0, 0, 0
-    alpha_sums = dict.fromkeys(ALPHA_KEYS, 0.0)
+    loss_sum, images, steps = 0.0, 0, 0
+    on_device = torch.zeros(2 + len(ALPHA_STATS), dtype=torch.float64, device=device)  # fallback, zero loss, alpha
     for step, batch in enumerate(loader):
         if on_step is not None:
             on_step(epoch, step)
@@ -105,21 +108,22 @@ def pretrain_epoch(model: nn.Module, loader: Iterable[dict], optimizer: torch.op
         masks = sample_batch_masks(batch, num_patches=num_patches, masking=masking,
                                    generator=generator, device=device)
         with autocast(device):
-            loss, _ = model(imgs, masks.src_idx, masks.tgt_idx, masks.src_valid, masks.tgt_valid)
+            loss, pred = model(imgs, masks.src_idx, masks.tgt_idx, masks.src_valid, masks.tgt_valid)
+        with torch.no_grad():
+            zero = core.forward_loss(imgs, torch.zeros_like(pred), masks.tgt_idx, masks.tgt_valid)
+            on_device += torch.cat([masks.fallback.sum().reshape(1), zero.reshape(1) * imgs.shape[0],
+                                    masks.alpha_sums(num_patches)]).double()
         value = check_finite(loss, phase="pretrain", epoch=epoch, step=step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         loss_sum += value * imgs.shape[0]
         images += imgs.shape[0]
-        fallback += int(masks.fallback.sum())
-        for key, value in masks.alpha_sums(num_patches).items():
-            alpha_sums[key] += value
         steps += 1
-    loss_sum, images, fallback, *sums = all_reduce_sums(loss_sum, images, fallback, *alpha_sums.values(),
-                                                        device=device)
+    loss_sum, images, fallback, zero_sum, *alpha_sums = all_reduce_sums(loss_sum, images, *on_device.tolist(),
+                                                                        device=device)
     seconds = time.perf_counter() - start
-    alpha = {f"{key}_frac" if key != "alpha_effective" else key: value / max(images, 1)
-             for key, value in zip(alpha_sums, sums)}
-    return EpochStats(loss=loss_sum / max(images, 1), images=int(images), steps=steps,
-                      seconds=seconds, fallback=int(fallback), alpha=alpha)
+    per_image = max(images, 1)
+    return EpochStats(loss=loss_sum / per_image, images=int(images), steps=steps, seconds=seconds,
+                      fallback=int(fallback), zero_loss=zero_sum / per_image,
+                      alpha={key: value / per_image for key, value in zip(ALPHA_STATS, alpha_sums)})
