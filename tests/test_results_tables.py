@@ -145,7 +145,8 @@ def test_table5_one_column_pair_per_transfer_phase(tmp_path):
     assert obj.mean["top1_phase2"] == 29.8 and obj.std["top1_phase2"] == 0.0  # the probe's last epoch
     md = (write_report(run, with_figures=False) / "table5_transfer.md").read_text()
     assert md_rows(md)[1] == ["MAE", "2", "1.9x", "89.50 ± 0.71", "98.20 ± 0.28", "33.50 ± 0.71", "60.50 ± 0.71",
-                              "83.00 ± 1.41", "95.50 ± 0.71"]
+                              "83.00 ± 1.41", "95.50 ± 0.71", "best", "best", "best"]  # vs best, per phase's top-1
+    assert md_rows(md)[0][-1] == "vs best (Fine-tune CIFAR-100 Top-1)" and md_rows(md)[2][-3:] == ["-", "-", "-"]
 
 
 def test_table4_alpha_speedup_recon_and_seed_as_repeat(tmp_path):
@@ -180,7 +181,7 @@ def test_repository_search_spaces_pick_their_paper_tables(monkeypatch, tmp_path)
         monkeypatch.setenv(var, str(tmp_path))
     picked = {f.stem: paper_table(load_spec(f)).number for f in sorted((REPO / "search_spaces").glob("*.yaml"))}
     assert picked == {"alpha": "9", "alpha_cam": "4", "joint": "ablation", "padding": "8", "patch_size": "7",
-                      "selection": "6", "smoke": "ablation", "transfer": "5"}
+                      "sanity": "5", "selection": "6", "smoke": "ablation", "transfer": "5"}
 
 
 def test_bad_run_directories_give_one_line(tmp_path, capsys):

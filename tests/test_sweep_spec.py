@@ -93,7 +93,8 @@ def test_smoke_is_small_and_on_cpu():
     spec = load_spec(REPO / "search_spaces" / "smoke.yaml")
     assert spec.base.model.preset == "micro" and 32 <= spec.base.model.img_size <= 64
     assert not spec.base.resources.use_gpu
-    assert spec.base.pretrain.epochs <= 2 and all(t.epochs <= 2 for t in spec.base.transfer)
+    assert spec.base.pretrain.epochs <= 2 and all(t.epochs <= 8 for t in spec.base.transfer)
+    assert spec.base.pretrain.data.num_images <= 512
     assert spec.num_samples * spec.repeats <= 8
 
 

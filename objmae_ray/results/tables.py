@@ -21,8 +21,9 @@ TrialConfig paths) and, per column, the mean and sample std over the row's trial
   anything else                       ablation     speed-up, pre-train img/s, recon loss (+ predict-zeros), top-1/5
 
 Noise: with `significance: welch` (the default) every table compares each row's repeats of the first
-objective with the best row's (Welch's t-test, `significance_level`) and marks the rows whose difference
-is within the seed noise ("≈"); with one repeat per row no call can be made, and the note says so.
+objective (Table 5: each phase's top-1) with the best row's (Welch's t-test, `significance_level`) and
+marks the rows whose difference is within the seed noise ("≈"); with one repeat per row no call can be
+made, and the note says so.
 
 Numbers per trial: top-1 / top-5 are the last report of a transfer phase (the final phase's unless the
 column names the phase), recon loss the last pre-train epoch's, speed-up `speedup_est` (FLOP ratio vs a
@@ -116,7 +117,7 @@ class Table:
     ranked: bool  # results form (rank, configuration, Pareto, status; every trial) or paper form
     number: str = ""  # paper table number ("8", "ablation")
     note: str = ""
-    noise: NoiseTest | None = None
+    noise: list[NoiseTest] = field(default_factory=list)  # one "vs best" column each
 
 
 @dataclass
@@ -130,15 +131,15 @@ class Row:
     std: dict[str, float | None] = field(default_factory=dict)
 
 
-def _noise_test(spec: SweepSpec, columns: list[Column]) -> NoiseTest | None:
-    """The first objective's column (top-1 when the table lacks it), unless the spec turned the test off."""
+def _noise_tests(spec: SweepSpec, columns: list[Column]) -> list[NoiseTest]:
+    """The first objective's column, else every top-1 column (Table 5's phases); none if the spec says so."""
     if spec.significance == "none":
-        return None
+        return []
     objective = spec.objectives[0]
-    keys = {c.key for c in columns}
+    keys = [c.key for c in columns]
     if objective_key(objective.metric) in keys:
-        return NoiseTest(objective_key(objective.metric), objective.mode, spec.significance_level)
-    return NoiseTest("top1", "max", spec.significance_level) if "top1" in keys else None
+        return [NoiseTest(objective_key(objective.metric), objective.mode, spec.significance_level)]
+    return [NoiseTest(key, "max", spec.significance_level) for key in keys if key.startswith("top1")]
 
 
 def results_table(spec: SweepSpec) -> Table:
@@ -157,7 +158,7 @@ def results_table(spec: SweepSpec) -> Table:
                  sorted(searched(spec)), columns, ranked=True,
                  note="mean ± sample std over repeats; speed-up = FLOP ratio vs a supervised ViT step;"
                       " zero-pred loss = the pre-training loss of predicting zeros (the baseline a reconstruction"
-                      " must beat); Pareto = not dominated in (speed-up, top-1).", noise=_noise_test(spec, columns))
+                      " must beat); Pareto = not dominated in (speed-up, top-1).", noise=_noise_tests(spec, columns))
 
 
 def paper_table(spec: SweepSpec) -> Table:
@@ -196,7 +197,7 @@ def paper_table(spec: SweepSpec) -> Table:
     return Table(name, f"{label} (paper form): {caption} (study {spec.study})", dims, columns, ranked=False,
                  number=number, note="mean ± sample std over n finished seeds; top-1/5 in %; "
                                      "speed-up = FLOP ratio vs a supervised ViT step.",
-                 noise=_noise_test(spec, columns))
+                 noise=_noise_tests(spec, columns))
 
 
 # ---- the pivot --------------------------------------------------------------------------------------
@@ -268,10 +269,9 @@ def _cell(column: Column, mean: float | None, std: float | None) -> str:
     return f"{mean:.{column.digits}f}{column.suffix}" + (f" ± {std:.{column.digits}f}" if std else "")
 
 
-def noise_calls(table: Table, rows: list[Row]) -> list[str]:
-    """Per row, against the best row on table.noise's column: "best", "≈ p=0.41" (within the seed noise),
+def noise_calls(test: NoiseTest, rows: list[Row]) -> list[str]:
+    """Per row, against the best row on the test's column: "best", "≈ p=0.41" (within the seed noise),
     "≠ p=0.003" (a real difference), or "-" (no call: fewer than 2 values on a side, or no spread)."""
-    test = table.noise
     means = [row.mean.get(test.key) for row in rows]
     if all(m is None for m in means):
         return ["-"] * len(rows)
@@ -285,16 +285,24 @@ def noise_calls(table: Table, rows: list[Row]) -> list[str]:
     return calls
 
 
+def _noise_columns(table: Table, rows: list[Row]) -> tuple[list[str], list[list[str]]]:
+    """(headers, per row the calls) of the table's noise tests."""
+    titles = {c.key: c.title for c in table.columns}
+    headers = ["vs best" if len(table.noise) == 1 else f"vs best ({titles[t.key]})" for t in table.noise]
+    calls = [noise_calls(test, rows) for test in table.noise]
+    return headers, [[column[i] for column in calls] for i in range(len(rows))]
+
+
 def noise_note(table: Table, rows: list[Row]) -> str:
-    """How the noise column was made, or why no call could be made."""
-    test = table.noise
-    if test is None:
+    """How the noise columns were made, or why no call could be made."""
+    if not table.noise:
         return ""
-    if not any(len(row.samples.get(test.key, [])) >= 2 for row in rows):
-        return (f" No call on noise: each row has fewer than 2 finished repeats, so differences in {test.key} "
+    keys = ", ".join(t.key for t in table.noise)
+    if not any(len(row.samples.get(t.key, [])) >= 2 for row in rows for t in table.noise):
+        return (f" No call on noise: each row has fewer than 2 finished repeats, so differences in {keys} "
                 f"cannot be compared with the seed spread (set repeats >= 2).")
-    return (f" vs best: Welch's t-test on {test.key} over the repeats against the best row; "
-            f"≈ = within the seed noise (p >= {test.level:g}), ≠ = a difference beyond it, - = no call.")
+    return (f" vs best: Welch's t-test on {keys} over the repeats against the best row; "
+            f"≈ = within the seed noise (p >= {table.noise[0].level:g}), ≠ = a difference beyond it, - = no call.")
 
 
 def _statuses(row: Row) -> str:
@@ -304,18 +312,17 @@ def _statuses(row: Row) -> str:
 def text_cells(table: Table, rows: list[Row]) -> tuple[list[str], list[list[str]]]:
     """(header, body) of the table as text cells: the one renderer behind Markdown and HTML."""
     columns = [c.title for c in table.columns]
-    calls = noise_calls(table, rows) if table.noise else None
-    noise = ["vs best"] if calls else []
+    noise, calls = _noise_columns(table, rows)
     if table.ranked:
         front = on_pareto_front(rows)
         header = ["rank", "configuration", "runs"] + columns + noise + ["Pareto", "status"]
         body = [[str(i), describe(row.values), str(len(row.trials))]
-                + [_cell(c, row.mean[c.key], row.std[c.key]) for c in table.columns] + ([calls[i - 1]] if calls else [])
+                + [_cell(c, row.mean[c.key], row.std[c.key]) for c in table.columns] + calls[i - 1]
                 + ["*" if i - 1 in front else "", _statuses(row)] for i, row in enumerate(rows, start=1)]
         return header, body
     header = [_dim_title(table, d) for d in table.dims] + ["n"] + columns + noise
     body = [[_dim_text(table, d, row.values) for d in table.dims] + [str(len(row.trials))]
-            + [_cell(c, row.mean[c.key], row.std[c.key]) for c in table.columns] + ([calls[i]] if calls else [])
+            + [_cell(c, row.mean[c.key], row.std[c.key]) for c in table.columns] + calls[i]
             for i, row in enumerate(rows)]
     return header, body
 
@@ -351,12 +358,12 @@ def csv_text(table: Table, rows: list[Row]) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
     stats = [f"{c.key}_{s}" for c in table.columns for s in ("mean", "std")]
-    calls = noise_calls(table, rows) if table.noise else None
+    _, calls = _noise_columns(table, rows)
     writer.writerow((["rank", "configuration", "runs"] if table.ranked else table.dims + ["n", "excluded"]) + stats
-                    + (["vs_best"] if calls else []))
+                    + [f"vs_best_{t.key}" for t in table.noise])
     for i, row in enumerate(rows, start=1):
         numbers = [v for c in table.columns for v in (row.mean[c.key], row.std[c.key])]
         lead = ([i, describe(row.values), len(row.trials)] if table.ranked
                 else [row.values[d] for d in table.dims] + [len(row.trials), row.excluded])
-        writer.writerow(lead + ["" if v is None else f"{v:.6g}" for v in numbers] + ([calls[i - 1]] if calls else []))
+        writer.writerow(lead + ["" if v is None else f"{v:.6g}" for v in numbers] + calls[i - 1])
     return out.getvalue()
