@@ -22,6 +22,7 @@ from objmae_ray.errors import ConfigError
 # The paper's knobs as literals, defined once: masking, the data CLI's choices and the checks use these.
 Selection = Literal["object", "inter", "mae", "cam"]
 Padding = Literal["throwout", "zero", "replicate", "random"]
+CamSelect = Literal["topk", "threshold"]
 DatasetKind = Literal["synthetic", "coco", "folder", "cifar100"]
 SELECTIONS: tuple[str, ...] = get_args(Selection)
 PADDINGS: tuple[str, ...] = get_args(Padding)
@@ -49,7 +50,8 @@ class MaskingConfig(_Strict):
     padding: Padding = "zero"
     min_ratio: float = Field(0.05, ge=0.0, lt=1.0)  # objects below this object ratio are not selected
     patch_threshold: float = Field(0.2, gt=0.0, le=1.0)  # share of a patch's pixels an object must cover
-    cam_threshold: float = Field(0.3, ge=0.0, le=1.0)  # normalised CAM value for the cam region
+    cam_threshold: float = Field(0.3, ge=0.0, le=1.0)  # normalised CAM value for the cam region ("threshold")
+    cam_select: Optional[CamSelect] = None  # selection "cam" only: "topk" (default, the paper's) or "threshold"
 
 
 class DataConfig(_Strict):
@@ -79,15 +81,28 @@ class PhaseOptim(_Strict):
 
 
 class PretrainConfig(PhaseOptim):
+    """ObjMAE pre-training. `epochs: 0` is the scratch baseline (Table 5's "ViT-S without pre-training"):
+    the transfer phases start from a randomly initialised encoder."""
+
     data: DataConfig = DataConfig()
-    epochs: int = Field(800, gt=0)
+    epochs: int = Field(800, ge=0)
     warmup_epochs: int = Field(40, ge=0)
     batch_size: int = Field(128, gt=0)
     lr: float = Field(1.5e-4, gt=0.0)
 
 
 class TransferConfig(PhaseOptim):
-    """Fine-tune (layer-wise lr decay) or linear probe (frozen encoder, BatchNorm + linear head)."""
+    """Fine-tune (layer-wise lr decay) or linear probe (frozen encoder, BatchNorm + linear head), and its recipe.
+
+    The paper fine-tunes "with the same settings as BiT" (Kolesnikov et al. 2020): random crop + flip,
+    MixUp (alpha 0.1) for datasets of more than 20k images, no label smoothing. The defaults here are
+    MAE's ViT recipe without MixUp (Inception crop scale (0.08, 1), flip, drop path 0.1 for
+    fine-tuning); set `mixup: 0.1` for BiT's. The linear probe follows MAE's `main_linprobe.py`
+    (cls token, BatchNorm without affine + linear head; `optimizer: lars` as MAE, via timm).
+    `global_pool` picks the feature: "avg" (mean of the patch tokens, MAE fine-tuning) or "token" (cls).
+    `train_images` keeps only that many labelled training images (a fixed subset, the same for every
+    trial): a low-label split.
+    """
 
     mode: Literal["finetune", "linear"] = "finetune"
     data: DataConfig = DataConfig()
@@ -96,6 +111,26 @@ class TransferConfig(PhaseOptim):
     batch_size: int = Field(256, gt=0)
     lr: float = Field(1e-3, gt=0.0)
     layer_decay: float = Field(0.65, gt=0.0, le=1.0)
+    global_pool: Optional[Literal["avg", "token"]] = None  # default: avg (finetune), token (linear)
+    crop_scale: Optional[tuple[float, float]] = None  # RandomResizedCrop scale; default (0.08, 1), synthetic (0.35, 1)
+    hflip: float = Field(0.5, ge=0.0, le=1.0)  # probability of a horizontal flip
+    mixup: float = Field(0.0, ge=0.0)  # timm Mixup alpha (0: off; BiT: 0.1)
+    cutmix: float = Field(0.0, ge=0.0)  # timm CutMix alpha (0: off)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    drop_path: float = Field(0.1, ge=0.0, lt=1.0)  # stochastic depth when fine-tuning (MAE: 0.1 for ViT-S/B)
+    train_images: Optional[int] = Field(None, gt=0)  # low-label split: this many training images
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _scale_range(cls, scale):
+        if scale is not None and not 0.0 < scale[0] <= scale[1] <= 1.0:
+            raise ValueError(f"must be (low, high) with 0 < low <= high <= 1, got {list(scale)}")
+        return scale
+
+    @property
+    def pool(self) -> str:
+        """The feature the head reads: global_pool, or the mode's default."""
+        return self.global_pool or ("avg" if self.mode == "finetune" else "token")
 
 
 class ResourcesConfig(_Strict):
@@ -200,9 +235,10 @@ class Objective(_Strict):
 
 
 class SamplerSpec(_Strict):
-    """Optuna sampler: TPE (default), grid (exhaustive ablations), random, or multi-objective NSGA-II."""
+    """Optuna sampler: TPE (default), grid (exhaustive ablations), random, multi-objective NSGA-II, or list
+    (exactly the file's `configurations`, in order: the rows of a paper table that is not a full grid)."""
 
-    kind: Literal["tpe", "grid", "random", "nsga2"] = "tpe"
+    kind: Literal["tpe", "grid", "random", "nsga2", "list"] = "tpe"
     seed: int = 0
     n_startup_trials: int = Field(4, ge=0)  # TPE: random trials before the density model is used
 
@@ -301,8 +337,12 @@ class SweepSpec(_Strict):
 
     `search_space` keys are dotted `TrialConfig` paths (`masking.alpha`, `model.patch_size`,
     `transfer.0.lr`) or the short names in `objmae_ray.sweep.space.ALIASES` (alpha, padding, patch_size,
-    selection). Each configuration runs `repeats` times with seeds `base.seed + 0 .. repeats-1` and the
-    sampler learns from their mean (`seed` can also be searched like any field).
+    selection). With `sampler: {kind: list}` the trials are exactly `configurations`, a list of rows
+    {key: value} with the same keys (a field a row leaves out keeps the base value), and `search_space`
+    may only fix values. Each configuration runs `repeats` times with seeds `base.seed + 0 .. repeats-1`
+    and the sampler learns from their mean (`seed` can also be searched like any field).
+    `significance`: with repeats >= 2, tables mark which rows differ from the best row by less than the
+    seed noise (Welch's t-test at `significance_level`).
     Resources per trial are `base.resources` (Ray Train workers); `driver_cpus` is the Tune driver's.
     """
 
@@ -319,6 +359,9 @@ class SweepSpec(_Strict):
     estimate: EstimateSpec = EstimateSpec()
     base: TrialConfig = TrialConfig()
     search_space: dict[str, SearchParam] = Field(default_factory=dict)
+    configurations: list[dict[str, Scalar]] = Field(default_factory=list)  # sampler list: one row per trial config
+    significance: Literal["welch", "none"] = "welch"  # tables mark differences to the best row within noise
+    significance_level: float = Field(0.05, gt=0.0, lt=1.0)
 
     @field_validator("search_space", mode="before")
     @classmethod

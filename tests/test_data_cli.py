@@ -36,6 +36,8 @@ def test_synth_then_stats(cache, tmp_path, capsys):
     assert stats["object_ratio"]["count"] == len(annotations)
     assert stats["object_ratio"]["mean"] == pytest.approx(sum(a["area"] for a in annotations) / 64**2 / len(annotations))
     assert stats["images"]["images"] == 12
+    kept = stats["images"]["kept"]  # the form of the paper's 72,452/82,783
+    assert stats["kept_of_total"] == f"{kept}/12 ({100 * kept / 12:.1f}%)"
     assert Image.open(png).size[0] > 100
 
 

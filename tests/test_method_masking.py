@@ -64,11 +64,12 @@ def members(mask: torch.Tensor) -> set[int]:
     return set(mask.nonzero().flatten().tolist())
 
 
-def masks_for(selection, padding, alpha, patches=None, ratio=None, saliency=None, seed=0, num_patches=None) -> Masks:
+def masks_for(selection, padding, alpha, patches=None, ratio=None, saliency=None, seed=0, num_patches=None,
+              cam_select="topk") -> Masks:
     batch, n = (patches.shape[0], patches.shape[2]) if patches is not None else saliency.shape
     return sample_masks(
         batch_size=batch, num_patches=num_patches or n, alpha=alpha, selection=selection, padding=padding,
-        object_patches=patches, object_ratio=ratio, saliency=saliency,
+        object_patches=patches, object_ratio=ratio, saliency=saliency, cam_select=cam_select,
         generator=torch.Generator().manual_seed(seed),
     )
 
@@ -171,13 +172,18 @@ def test_inter_selection_properties(seed, batch, grid, slots, alpha, padding):
     grid=st.integers(2, 8),
     alpha=st.floats(0.01, 1.0),
     padding=st.sampled_from(PADDINGS),
-    selection=st.sampled_from(["mae", "cam"]),
+    selection=st.sampled_from(["mae", "cam-threshold", "cam-topk"]),
 )
 def test_mae_and_cam_properties(seed, batch, grid, alpha, padding, selection):
     saliency = torch.rand(batch, grid * grid, generator=torch.Generator().manual_seed(seed)) ** 3
-    m = masks_for(selection, padding, alpha, saliency=saliency, seed=seed)
+    selection, _, cam_select = selection.partition("-")
+    m = masks_for(selection, padding, alpha, saliency=saliency, seed=seed, cam_select=cam_select or "topk")
     check_common(m, batch, grid * grid, alpha, padding)
-    region = saliency >= 0.3 if selection == "cam" else torch.ones_like(saliency, dtype=torch.bool)
+    n, length = grid * grid, target_length(alpha, grid * grid)
+    if cam_select == "topk":  # the 2L most salient patches (values are distinct almost surely)
+        region = saliency >= saliency.sort(1, descending=True).values[:, min(2 * length, n) - 1:min(2 * length, n)]
+    else:
+        region = saliency >= 0.3 if selection == "cam" else torch.ones_like(saliency, dtype=torch.bool)
     assert torch.equal(m.fallback, region.sum(1) < 2)
     for b in range(batch):
         if not m.fallback[b] and padding != "random":
@@ -361,13 +367,32 @@ def test_fallback_to_whole_image_for_images_without_eligible_object():
         assert m.stats()["mask_fallback_frac"] == pytest.approx(2 / 3)
 
 
-def test_cam_region_is_saliency_above_threshold():
+def test_cam_threshold_region_is_saliency_above_threshold():
     saliency = torch.tensor([[0.9, 0.3, 0.29, 0.0, 0.5, 0.31, 0.1, 0.8, 0.0]] * 2)
     saliency[1] = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.95, 0.0, 0.0, 0.0, 0.0])  # one patch: cannot split
-    m = masks_for("cam", "zero", 1.0, saliency=saliency)
+    m = masks_for("cam", "zero", 1.0, saliency=saliency, cam_select="threshold")
     valid = as_set(m.src_idx[0], m.src_valid[0]) | as_set(m.tgt_idx[0], m.tgt_valid[0])
     assert valid == {0, 1, 4, 5, 7} and m.fallback.tolist() == [False, True]
     assert int(m.src_valid[0].sum()) == 3 and int(m.tgt_valid[0].sum()) == 2
+
+
+def test_cam_topk_takes_the_most_salient_patches_on_a_ramp():
+    """Paper 4.3 ("the patches with the most responsible value"): on a 14 x 14 saliency ramp at alpha 1/16,
+    source and target are the 2L = 24 most salient patches, divided at random; the threshold mode keeps every
+    patch above 0.3 and cuts at random, so its chosen patches are less salient on average."""
+    ramp = torch.linspace(0.0, 1.0, 196)[torch.randperm(196, generator=torch.Generator().manual_seed(1))]
+    saliency = ramp.expand(4, -1)
+    top = set(saliency[0].argsort(descending=True)[:24].tolist())
+    m = masks_for("cam", "zero", 1 / 16, saliency=saliency)
+    for b in range(4):
+        src, tgt = as_set(m.src_idx[b], m.src_valid[b]), as_set(m.tgt_idx[b], m.tgt_valid[b])
+        assert src | tgt == top and not src & tgt and len(src) == len(tgt) == 12
+    assert len({tuple(sorted(as_set(m.src_idx[b]))) for b in range(4)}) > 1  # the division is random
+    chosen = saliency[0][sorted(top)].mean().item()
+    threshold = masks_for("cam", "zero", 1 / 16, saliency=saliency, cam_select="threshold")
+    picked = saliency[0][torch.cat([threshold.src_idx[0], threshold.tgt_idx[0]])].mean().item()
+    assert chosen == pytest.approx(torch.linspace(0, 1, 196)[-24:].mean().item()) and chosen > 0.93
+    assert picked < chosen - 0.2  # a random subset of [0.3, 1] averages about 0.65
 
 
 def test_bad_arguments_give_one_line_errors():
@@ -401,3 +426,21 @@ def test_runs_on_the_inputs_device_with_its_generator(device):
     m = sample_masks(batch_size=64, num_patches=196, alpha=0.34, selection="mae", padding="zero",
                      generator=generator)  # no input tensors: the generator's device
     assert m.src_idx.device.type == device and math.isclose(m.stats()["mask_src_pad_frac"], 0.0)
+
+
+@pytest.mark.parametrize("padding, seen", [("zero", 4), ("replicate", 4), ("random", 10)])
+def test_alpha_sums_count_what_the_encoder_sees_and_the_padded_slots(padding, seen):
+    """A 7-patch object on 100 patches at alpha 0.1 (L = 10): source 4 + target 3 region patches, so 13 of the
+    20 slots are padding whatever the mode; the encoder sees 4 distinct patches (zero: 6 invalid slots;
+    replicate: the 4 again), or 10 with random padding (6 more from outside the object)."""
+    patches, ratio = seven_patch_object()
+    m = masks_for("object", padding, 0.1, patches, ratio)
+    encoder_seen, target_real, padded, alpha_effective = m.alpha_sums(100).tolist()
+    assert encoder_seen == pytest.approx(seen / 100) and target_real == pytest.approx(3 / 10)
+    assert padded == pytest.approx(13 / 20) and alpha_effective == pytest.approx(10 / 100)
+
+
+def test_alpha_sums_under_throwout_lower_l_and_pad_nothing():
+    patches, ratio = seven_patch_object()
+    m = masks_for("object", "throwout", 0.1, patches, ratio)  # L = min(4, 3) = 3
+    assert m.alpha_sums(100).tolist() == pytest.approx([3 / 100, 1.0, 0.0, 3 / 100])

@@ -183,14 +183,17 @@ def test_objmae_report_on_a_run_with_checkpoints(trained, tmp_path):
     assert main([str(run), "--out", str(out), "--images", "3"]) == 0
     names = {p.name for p in out.iterdir()}
     assert names == {"table8_padding.md", "table8_padding.csv", "pareto.png", "measured_tradeoff.png",
-                     "reconstructions.png", "rollout.png", "object_ratio.png", "summary.json", "index.html"}
+                     "reconstructions.png", "rollout.png", "object_probe.png", "object_ratio.png", "summary.json",
+                     "index.html"}
     summary = json.loads((out / "summary.json").read_text())
     assert summary["measured_pareto_front"] == ["padding=zero", "padding=random"]  # random: mean of 700 and 400
     assert summary["skipped"] == {} and summary["best_trial"]["trial_id"] == "a"  # the trained one, top-1 61
     rec = summary["reconstruction"]
     assert len(rec["mse"]) == 3 and sum(rec["mse"]) < sum(rec["zero_baseline_mse"])
     page = (out / "index.html").read_text()
-    assert page.count('src="data:image/png;base64,') == 5 and "<td>Random</td><td>2</td><td>35.00 ± 7.07</td>" in page
+    [(probe_name, probe)] = summary["object_probe"].items()  # no MAE-selection trial in this run: one model
+    assert probe_name.startswith("best (object, trial a)") and len(probe["mse"]) == 3
+    assert page.count('src="data:image/png;base64,') == 6 and "<td>Random</td><td>2</td><td>35.00 ± 7.07</td>" in page
     assert "http" not in page.replace("http-equiv", "")  # nothing fetched: readable offline
 
     # a checkpoint that is gone: tables and page still written, the reason recorded in one line
@@ -221,3 +224,19 @@ def test_figures_on_real_coco_photos(shared_data, tmp_path):
     assert torch.isfinite(rec.error).all() and rec.reconstruction.shape == (3, 3, 64, 64)
     heat = figures.rollout_map(model, batch["image"])
     assert heat.shape == (3, 8, 8) and (heat > 0).all()
+
+
+def test_object_probe_hides_exactly_the_largest_eligible_object():
+    """Fig. 2 / 7: target = every patch of the largest eligible object, source = every other patch."""
+    patches = torch.zeros(2, 3, 16, dtype=torch.bool)
+    patches[0, 0, [0, 1, 4, 5]] = True  # image 0: slot 0 (largest) is too small by ratio, slot 1 is eligible
+    patches[0, 1, [10, 11, 14]] = True
+    patches[1, 0, [2, 3]] = True  # image 1: slot 0 eligible
+    ratio = torch.tensor([[0.01, 0.2, 0.0], [0.3, 0.0, 0.0]])
+    masks = figures.object_probe_masks({"object_patches": patches, "object_ratio": ratio}, min_ratio=0.05)
+    target = [set(masks.tgt_idx[b][masks.tgt_valid[b]].tolist()) for b in range(2)]
+    source = [set(masks.src_idx[b][masks.src_valid[b]].tolist()) for b in range(2)]
+    assert target == [{10, 11, 14}, {2, 3}]
+    assert source == [set(range(16)) - {10, 11, 14}, set(range(16)) - {2, 3}]
+    with pytest.raises(Exception, match="no eligible object"):
+        figures.object_probe_masks({"object_patches": patches[:, 2:], "object_ratio": ratio[:, 2:]}, min_ratio=0.05)

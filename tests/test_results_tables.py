@@ -44,8 +44,8 @@ def add_trial(run: Path, spec: SweepSpec, trial_id: str, params: dict, *, repeat
     cfg = spec.base.model_dump()
     (run / f"trial_{trial_id}").mkdir(parents=True)
     (run / f"trial_{trial_id}" / "params.json").write_text(json.dumps({**cfg, **params, TRIAL_INDEX: repeat}))
-    reports = [{"phase": "pretrain", "phase_index": 0, "epoch": 0, "recon_loss": recon, "top1": 0.0, "top5": 0.0,
-                "speedup_est": speedup, "images_per_s": images_per_s, "done": False}]
+    reports = [{"phase": "pretrain", "phase_index": 0, "epoch": 0, "recon_loss": recon, "recon_zero_loss": 0.95,
+                "top1": 0.0, "top5": 0.0, "speedup_est": speedup, "images_per_s": images_per_s, "done": False}]
     for i, epochs in enumerate(phases, start=1):
         reports += [{"phase": "finetune", "phase_index": i, "epoch": e, "recon_loss": recon, "top1": t1, "top5": t5,
                      "speedup_est": speedup, "done": False} for e, (t1, t5) in enumerate(epochs)]
@@ -77,14 +77,16 @@ def test_table8_padding_mean_and_spread_over_seeds(tmp_path):
     md = (out / "table8_padding.md").read_text()
     assert md.startswith("## Table 8 (paper form): Ablation of the padding mode (study t)")
     rows = md_rows(md)
-    assert rows[0] == ["Padding Mode", "n", "Top-1", "Top-5"]
+    assert rows[0] == ["Padding Mode", "n", "Top-1", "Top-5", "vs best"]
+    # Welch's t-test against Zero (the first best row): replicate (82, 83) vs (83, 84): t = -1 / sqrt(0.5),
+    # 2 degrees of freedom, two-sided p = 1 - |t| / sqrt(t^2 + 2) = 0.29; random (83.5, 83.5): t = 0, p = 1
     assert rows[1:] == [
-        ["Zero", "2", "83.50 ± 0.71", "94.25 ± 0.35"],  # sample std of (83, 84) = 0.7071
-        ["Replicate", "2", "82.50 ± 0.71", "94.05 ± 0.07"],
-        ["Random", "2", "83.50", "93.80"],  # identical seeds: spread 0, shown without ±
-        ["Throwout", "1", "80.00", "90.00"],
+        ["Zero", "2", "83.50 ± 0.71", "94.25 ± 0.35", "best"],  # sample std of (83, 84) = 0.7071
+        ["Replicate", "2", "82.50 ± 0.71", "94.05 ± 0.07", "≈ p=0.29"],
+        ["Random", "2", "83.50", "93.80", "≈ p=1"],  # identical seeds: spread 0, shown without ±
+        ["Throwout", "1", "80.00", "90.00", "-"],  # one finished seed: no call
     ]
-    assert "1 stopped or failed trial(s) left out" in md
+    assert "1 stopped or failed trial(s) left out" in md and "Welch's t-test on top1" in md
 
     table = list(csv.DictReader((out / "table8_padding.csv").open()))
     assert [r["masking.padding"] for r in table] == ["zero", "replicate", "random", "throwout"]
@@ -109,7 +111,9 @@ def test_table9_model_and_alpha_rows_in_search_order(tmp_path):
     assert [r.mean["top1"] for r in rows] == list(top1.values())
     assert [r.mean["top5"] for r in rows] == [v + 9 for v in top1.values()]
     md = (write_report(run, with_figures=False) / "table9_alpha.md").read_text()
-    assert md_rows(md)[1] == ["ObjMAE", "0.5", "1", "87.52", "96.52"] and md_rows(md)[4][0] == "MAE"
+    # one seed per row: the best row (MAE 0.5) is marked, no other call can be made
+    assert md_rows(md)[1] == ["ObjMAE", "0.5", "1", "87.52", "96.52", "-"] and md_rows(md)[4][0] == "MAE"
+    assert md_rows(md)[3][-1] == "best" and "No call on noise" in md
 
 
 def test_table5_one_column_pair_per_transfer_phase(tmp_path):
@@ -141,7 +145,8 @@ def test_table5_one_column_pair_per_transfer_phase(tmp_path):
     assert obj.mean["top1_phase2"] == 29.8 and obj.std["top1_phase2"] == 0.0  # the probe's last epoch
     md = (write_report(run, with_figures=False) / "table5_transfer.md").read_text()
     assert md_rows(md)[1] == ["MAE", "2", "1.9x", "89.50 ± 0.71", "98.20 ± 0.28", "33.50 ± 0.71", "60.50 ± 0.71",
-                              "83.00 ± 1.41", "95.50 ± 0.71"]
+                              "83.00 ± 1.41", "95.50 ± 0.71", "best", "best", "best"]  # vs best, per phase's top-1
+    assert md_rows(md)[0][-1] == "vs best (Fine-tune CIFAR-100 Top-1)" and md_rows(md)[2][-3:] == ["-", "-", "-"]
 
 
 def test_table4_alpha_speedup_recon_and_seed_as_repeat(tmp_path):
@@ -155,9 +160,11 @@ def test_table4_alpha_speedup_recon_and_seed_as_repeat(tmp_path):
     table = paper_table(spec)
     assert table.number == "4" and table.dims == ["masking.alpha"]  # the searched seed pools, it is no row
     md = (write_report(run, with_figures=False) / "table4_alpha.md").read_text()
-    assert md_rows(md)[0] == ["α", "n", "Speed Up", "Pre-train img/s", "Recon Loss", "Top-1", "Top-5"]
-    assert md_rows(md)[1:] == [["0.5", "2", "1.9x", "105.0 ± 7.1", "0.5700 ± 0.0141", "89.50 ± 0.71", "98.00"],
-                               ["0.25", "1", "3.6x", "330.0", "0.4800", "88.00", "97.00"]]
+    assert md_rows(md)[0] == ["α", "n", "Speed Up", "Pre-train img/s", "Recon Loss", "Zero-pred Loss", "Top-1",
+                              "Top-5", "vs best"]
+    assert md_rows(md)[1:] == [["0.5", "2", "1.9x", "105.0 ± 7.1", "0.5700 ± 0.0141", "0.9500", "89.50 ± 0.71",
+                                "98.00", "best"],
+                               ["0.25", "1", "3.6x", "330.0", "0.4800", "0.9500", "88.00", "97.00", "-"]]
 
 
 def test_other_dimensions_get_the_generic_ablation_table(tmp_path):
@@ -174,7 +181,7 @@ def test_repository_search_spaces_pick_their_paper_tables(monkeypatch, tmp_path)
         monkeypatch.setenv(var, str(tmp_path))
     picked = {f.stem: paper_table(load_spec(f)).number for f in sorted((REPO / "search_spaces").glob("*.yaml"))}
     assert picked == {"alpha": "9", "alpha_cam": "4", "joint": "ablation", "padding": "8", "patch_size": "7",
-                      "selection": "6", "smoke": "ablation", "transfer": "5"}
+                      "sanity": "5", "selection": "6", "smoke": "ablation", "transfer": "5"}
 
 
 def test_bad_run_directories_give_one_line(tmp_path, capsys):
@@ -227,9 +234,10 @@ def test_report_files(run_dir):
     md = (run_dir / "results.md").read_text()
     assert md in text
     rows = [line for line in md.splitlines() if line.startswith("| ")][1:]
-    assert rows[0].startswith("| 1 | alpha=0.25 | 2 | 3.5x | 0.6500 | 65.00 ± 7.07 |")
-    assert rows[1].startswith("| 2 | alpha=0.5 | 2 | 1.9x | 0.4000 | 63.00 ± 2.83 |")
-    assert rows[0].endswith("| * | 2 done |") and rows[1].endswith("|  | 2 done |")  # 0.25: faster and better
+    assert rows[0].startswith("| 1 | alpha=0.25 | 2 | 3.5x | 0.6500 | - | 65.00 ± 7.07 |")  # no zero-pred loss reported
+    assert rows[1].startswith("| 2 | alpha=0.5 | 2 | 1.9x | 0.4000 | - | 63.00 ± 2.83 |")
+    # 0.25: faster and better, but (60, 70) vs (65, 61) is well within the seed spread
+    assert rows[0].endswith("| best | * | 2 done |") and rows[1].endswith("|  | 2 done |") and "| ≈ p=0." in rows[1]
     table = list(csv.DictReader((run_dir / "results.csv").open()))
     assert [r["configuration"] for r in table] == ["alpha=0.25", "alpha=0.5"]
     assert float(table[0]["top1_mean"]) == 65.0 and math.isclose(float(table[0]["top1_std"]), 7.07107, rel_tol=1e-5)

@@ -15,7 +15,8 @@ def test_optuna_space_and_samplers(tmp_path):
     spec = load_spec(SMOKE)
     space = optuna_space(spec)
     assert space == {
-        "masking.alpha": optuna.distributions.FloatDistribution(0.125, 0.5, log=True),
+        # alpha in [1/8, 1/2] on a 4 x 4 grid: only L = 2..8 patches per side exist, so only L / 16
+        "masking.alpha": optuna.distributions.CategoricalDistribution([k / 16 for k in range(2, 9)]),
         "masking.padding": optuna.distributions.CategoricalDistribution(["zero", "replicate", "random"]),
         "masking.selection": optuna.distributions.CategoricalDistribution(["object", "inter", "mae"]),
     }
@@ -65,3 +66,46 @@ def test_multi_objective_repeats_and_asha(tmp_path):
     assert asha.metric == "top1"
     assert [line.strip() for line in asha.debug_string().splitlines()[1].removeprefix("Bracket:").split("|")] == \
         ["Iter 4.000: None", "Iter 2.000: None"]
+
+
+def test_list_sampler_suggests_exactly_the_rows_in_order(tmp_path):
+    spec = load_spec(tiny_spec(tmp_path, "l", "sampler: {kind: list}\nconfigurations:\n"
+                                              "  - {alpha: 0.5, selection: mae}\n  - {alpha: 0.25}\n"
+                                              "  - {selection: inter, padding: random}\n"))
+    assert optuna_space(spec) == {  # each field the rows set, over the values they give it (base value if unset)
+        "masking.alpha": optuna.distributions.CategoricalDistribution([0.5, 0.25, 0.34]),
+        "masking.selection": optuna.distributions.CategoricalDistribution(["mae", "object", "inter"]),
+        "masking.padding": optuna.distributions.CategoricalDistribution(["zero", "random"])}
+    searcher = build_search(spec).searcher
+    suggested = [searcher.suggest(f"t{i}") for i in range(3)]
+    assert suggested == [{"masking.alpha": 0.5, "masking.selection": "mae", "masking.padding": "zero"},
+                         {"masking.alpha": 0.25, "masking.selection": "object", "masking.padding": "zero"},
+                         {"masking.alpha": 0.34, "masking.selection": "inter", "masking.padding": "random"}]
+
+
+def test_searcher_never_hands_out_the_same_trial_twice(tmp_path):
+    """Random sampling of alpha in [1/8, 1/2] x 2 paddings on a 4 x 4 grid: 7 x 2 = 14 distinct trials. Asking
+    for all 14 gives 14 different (alpha, padding); a sampler proposing a trial again is told the earlier
+    result; the 15th ask finds nothing new and the searcher says it is finished."""
+    from ray.tune.search import Searcher
+
+    spec = load_spec(tiny_spec(tmp_path, "d", "sampler: {kind: random, seed: 3}\nnum_samples: 14\nsearch_space:\n"
+                                              "  alpha: {type: float, low: 0.125, high: 0.5, log: true}\n"
+                                              "  padding: {choices: [zero, random]}\n"))
+    storage = optuna.storages.InMemoryStorage()
+    searcher = build_search(spec, storage=storage).searcher
+    seen = set()
+    for i in range(14):
+        config = searcher.suggest(f"t{i}")
+        key = (round(config["masking.alpha"] * 16), config["masking.padding"])
+        assert key not in seen and config["masking.alpha"] * 16 == key[0]  # alpha is L / 16 exactly
+        seen.add(key)
+        searcher.on_trial_complete(f"t{i}", {"top1": float(i)})
+    assert searcher.suggest("t14") == Searcher.FINISHED
+    trials = optuna.load_study(study_name="d", storage=storage).get_trials()
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    assert len(complete) > 14  # duplicates proposed by the sampler were told the earlier trial's value
+    by_point = {}
+    for trial in complete:
+        by_point.setdefault((trial.params["masking.alpha"], trial.params["masking.padding"]), set()).add(trial.value)
+    assert all(len(values) == 1 for values in by_point.values())  # a point always scored the same

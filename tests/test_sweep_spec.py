@@ -93,13 +93,14 @@ def test_smoke_is_small_and_on_cpu():
     spec = load_spec(REPO / "search_spaces" / "smoke.yaml")
     assert spec.base.model.preset == "micro" and 32 <= spec.base.model.img_size <= 64
     assert not spec.base.resources.use_gpu
-    assert spec.base.pretrain.epochs <= 2 and all(t.epochs <= 2 for t in spec.base.transfer)
+    assert spec.base.pretrain.epochs <= 2 and all(t.epochs <= 8 for t in spec.base.transfer)
+    assert spec.base.pretrain.data.num_images <= 512
     assert spec.num_samples * spec.repeats <= 8
 
 
 def test_grid_counts(data_env):
     spec = load_spec(REPO / "search_spaces" / "alpha.yaml")
-    assert plan(spec).trials == 2 * 7  # selection x alpha
+    assert plan(spec).trials == 6  # Table 9's rows (list sampler)
     spec = load_spec(REPO / "search_spaces" / "padding.yaml")
     assert (plan(spec).configurations, plan(spec).trials) == (4, 8)  # 4 modes x 2 seeds
 
@@ -187,6 +188,28 @@ MALFORMED = [
      "base.pretrain.data.root: required for kind 'coco'"),
     ("yaml-syntax", ("padding: {choices: [zero, random]}", "padding: {choices: [zero, random}"), [], 13,
      "YAML syntax error"),
+    ("list-without-rows", ("sampler: {kind: tpe, seed: 0}\nnum_samples: 4", "sampler: {kind: list}"), [], 4,
+     "sampler.kind: the list sampler needs `configurations`"),
+    ("rows-without-list", ("num_samples: 4", "num_samples: 4\nconfigurations: [{alpha: 0.5}]"), [], 6,
+     "configurations: only the list sampler runs configurations"),
+    ("list-and-searched", ("sampler: {kind: tpe, seed: 0}\nnum_samples: 4",
+                           "sampler: {kind: list}\nconfigurations: [{alpha: 0.5}, {alpha: 0.25}]"), [], 12,
+     "search_space.alpha: the list sampler runs the configurations only"),
+    ("list-duplicate-row", ("sampler: {kind: tpe, seed: 0}\nnum_samples: 4",
+                            "sampler: {kind: list}\nconfigurations: [{alpha: 0.25}, {alpha: 0.26}]"),
+     ["search_space={}"], 5, "configurations.1: the same trial as configurations.0"),  # both L = 4 of 16
+    ("list-unknown-key", ("sampler: {kind: tpe, seed: 0}\nnum_samples: 4",
+                          "sampler: {kind: list}\nconfigurations: [{alpah: 0.25}]"), ["search_space={}"], 5,
+     "configurations.0.alpah: unknown field 'alpah' (did you mean 'alpha'?)"),
+    ("alpha-choices-collide", ("alpha: {type: float, low: 0.1, high: 0.5, log: true}", "alpha: {choices: [0.23, 0.27]}"),
+     [], 12, "search_space.alpha: alpha 0.23 and 0.27 give the same L = 4 source and target patches of N = 16"),
+    ("more-samples-than-trials", ("num_samples: 4", "num_samples: 15"), [], 5,
+     "num_samples: 15 configurations asked, but the space holds only 14 distinct ones"),  # L 2..8 x 2 paddings
+    ("cam-select-on-object", ("preset: micro,", "preset: micro,"), ["masking.cam_select=topk"], None,
+     "base.masking.cam_select: 'topk' applies to selection 'cam' only (masking.selection is 'object')"),
+    ("scratch-with-pretrain-metric", ("metric: top1, mode: max", "metric: recon_loss, mode: min"),
+     ["search_space.pretrain.epochs={choices: [0, 1]}"], 3,
+     "objectives.0.metric: 'recon_loss' is a pre-training metric, but a trial has pretrain.epochs 0"),
     ("bad-set", ("study: t", "study: t"), ["num_samples"], None, "--set num_samples: expected key=value"),
     ("set-names-field", ("study: t", "study: t"), ["concurrency=0"], None,
      "--set concurrency: Input should be greater than 0"),

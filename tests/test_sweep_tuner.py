@@ -151,3 +151,20 @@ def test_asha_stops_a_trial(ray_session, tmp_path):
         assert len(record.history) == (1 if stop else 3)
     stopped = [r.params["pretrain.lr"] for r in records if r.status == "stopped"]
     assert 1e-7 in stopped and lrs.index(1e-7) < 2  # a trial ran after the stop: no leaked placement group
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.timeout(1200)
+def test_sanity_study_reduced_shows_pre_training_ahead(ray_session, tmp_path):
+    """search_spaces/sanity.yaml with one seed and a 1-epoch fine-tune: the MAE-pre-trained encoder's linear
+    probe beats the random encoder's (the full study, 3 seeds, is in bench/RESULTS.md)."""
+    spec = load_spec(REPO / "search_spaces" / "sanity.yaml", [f"storage={tmp_path / 'runs'}", "repeats=1",
+                                                               "transfer.0.epochs=1", "transfer.0.warmup_epochs=0"])
+    path, results = run_sweep(spec, name="sanity-reduced", echo=lambda line: None)
+    assert results.num_errors == 0
+    records = {r.params["pretrain.epochs"]: r for r in records_from_dir(Path(path))}
+    assert set(records) == {0, 40} and all(r.status == "done" for r in records.values())
+    random_probe, pretrained_probe = records[0].last["top1"], records[40].last["top1"]
+    assert records[0].last["phase"] == records[40].last["phase"] == "linear"
+    assert pretrained_probe > random_probe + 2.0, (pretrained_probe, random_probe)

@@ -44,6 +44,21 @@ def without_timing(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if k not in TIMING_KEYS}
 
 
+def test_scratch_baseline_skips_pre_training(synthetic_root, tmp_path):
+    """pretrain.epochs 0: no pre-train report or checkpoint; the transfer phases start from the initial encoder
+    and report no reconstruction and no speed-up (NaN: there is no pre-training to speak of)."""
+    cfg = tiny_config(synthetic_root, pretrain={"epochs": 0, "warmup_epochs": 0, "batch_size": 8, "lr": 1e-2,
+                                                "data": {"kind": "synthetic", "root": synthetic_root,
+                                                         "num_images": 32, "loader_workers": 0}})
+    run = run_local(cfg, tmp_path)
+    assert [(r["phase"], r["epoch"]) for r in run.reports] == [("finetune", 0), ("linear", 0)]
+    assert all(r["recon_loss"] != r["recon_loss"] and r["speedup_est"] != r["speedup_est"] for r in run.reports)
+    torch.manual_seed(cfg.seed)
+    initial = create_objmae("micro", img_size=32, patch_size=8).encoder_state_dict()
+    finetuned = ckpt.load_checkpoint(run.checkpoints[0])
+    assert all(torch.equal(finetuned["objmae"][k], v) for k, v in initial.items())  # the encoder never pre-trained
+
+
 # ---- checkpoints -----------------------------------------------------------------------------------
 
 def test_checkpoint_round_trip(tmp_path):
@@ -96,6 +111,10 @@ def test_local_run_reports_every_epoch_with_checkpoints(clean_run):
         assert r["top1"] * r["val_images"] / 100 == pytest.approx(round(r["top1"] * r["val_images"] / 100))
     assert reports[1]["pretrain_time_s"] == pytest.approx(reports[0]["epoch_time_s"] + reports[1]["epoch_time_s"])
     assert reports[0]["speedup_est"] > 1.0
+    for r in reports[:2]:  # what alpha did (alpha 0.25 on a 4 x 4 grid: L = 4, zero padding)
+        assert r["alpha_effective"] == pytest.approx(4 / 16)
+        assert 0 < r["encoder_seen_frac"] <= 4 / 16 and 0 < r["target_real_frac"] <= 1.0
+        assert 0 <= r["padded_frac"] < 1.0 and r["recon_zero_loss"] > 0
     names = [p.name for p in clean_run.checkpoints]
     assert names == ["checkpoint_p0_pretrain_e0000", "checkpoint_p0_pretrain_e0001",
                      "checkpoint_p1_finetune_e0000", "checkpoint_p2_linear_e0000"]
@@ -153,14 +172,14 @@ def test_seed_changes_the_run(clean_run, synthetic_root, tmp_path):
 def test_non_finite_loss_stops_the_trial_and_keeps_the_checkpoint(synthetic_root, tmp_path, monkeypatch):
     """Loss NaN from the 6th step on (epoch 1, step 1 at 4 steps/epoch): error names it, epoch 0's checkpoint stays."""
     calls = {"n": 0}
-    real_loss = ObjMAE.forward_loss
+    real_forward = ObjMAE.forward
 
     def nan_after_five(self, imgs, *args, **kwargs):
-        loss = real_loss(self, imgs, *args, **kwargs)
+        loss, pred = real_forward(self, imgs, *args, **kwargs)
         calls["n"] += 1
-        return loss * float("nan") if calls["n"] > 5 else loss
+        return (loss * float("nan") if calls["n"] > 5 else loss), pred
 
-    monkeypatch.setattr(ObjMAE, "forward_loss", nan_after_five)
+    monkeypatch.setattr(ObjMAE, "forward", nan_after_five)
     run = LocalRun(tmp_path)
     with pytest.raises(NonFiniteLossError, match=r"^pretrain: loss is nan at epoch 1 step 1;"):
         TrialRun(tiny_config(synthetic_root), run.worker()).run()

@@ -43,11 +43,18 @@ def build_pretrain_dataset(cfg: DataConfig, *, img_size: int, patch_size: int, p
     raise ConfigError(f"data.kind: '{cfg.kind}' has no object or CAM information; use it for fine-tuning only")
 
 
-def build_classification_dataset(cfg: DataConfig, *, img_size: int, split: str, train: bool) -> tuple[Dataset, int]:
-    """(dataset of (image [3, S, S], label), num_classes) with the BiT-style train / eval transform."""
+def build_classification_dataset(cfg: DataConfig, *, img_size: int, split: str, train: bool,
+                                 crop_scale: tuple[float, float] | None = None,
+                                 hflip: float = 0.5) -> tuple[Dataset, int]:
+    """(dataset of (image [3, S, S], label), num_classes) with the fine-tuning train / eval transform.
+
+    crop_scale: RandomResizedCrop scale of the train transform; default (0.08, 1), and (0.35, 1) for the
+    synthetic scenes, whose label names the main object (crops must stay large enough to show it).
+    """
     name = split_name(cfg, split)
-    # synthetic labels name the main object: keep crops large enough to show it
-    transform = finetune_transform(img_size, train, crop_scale=(0.35, 1.0) if cfg.kind == "synthetic" else (0.08, 1.0))
+    if crop_scale is None:
+        crop_scale = (0.35, 1.0) if cfg.kind == "synthetic" else (0.08, 1.0)
+    transform = finetune_transform(img_size, train, crop_scale=crop_scale, hflip=hflip)
     if cfg.kind in ("synthetic", "coco"):
         image_dir, ann_file = coco_paths(cfg, name, img_size=img_size)
         dataset = CocoImageLabels(image_dir, ann_file, transform=transform)

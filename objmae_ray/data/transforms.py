@@ -2,8 +2,8 @@
 
 Pre-training: one `RandomResizedCrop` box (torchvision's sampler) is applied to the image *and* to
 everything aligned with it (instance masks, CAM maps), then ImageNet normalisation. Eval: the whole
-image resized to the training size. Fine-tuning (BiT-style, as in the paper): random resized crop +
-horizontal flip for train, resize + center crop for eval.
+image resized to the training size. Fine-tuning: random resized crop + horizontal flip for train
+(scale and flip probability from the transfer phase's recipe), resize + center crop for eval.
 """
 from __future__ import annotations
 
@@ -83,11 +83,12 @@ def crop_polygons(polygons: list[list[float]], box: CropBox, size: int) -> list[
             for p in polygons]
 
 
-def finetune_transform(img_size: int, train: bool, crop_scale: tuple[float, float] = (0.08, 1.0)) -> T.Compose:
-    """PIL -> normalised [3, img_size, img_size]: BiT-style train / eval transforms."""
+def finetune_transform(img_size: int, train: bool, crop_scale: tuple[float, float] = (0.08, 1.0),
+                       hflip: float = 0.5) -> T.Compose:
+    """PIL -> normalised [3, img_size, img_size]: train (random resized crop + flip) / eval (resize + center crop)."""
     if train:
         ops = [T.RandomResizedCrop(img_size, scale=crop_scale, interpolation=T.InterpolationMode.BICUBIC),
-               T.RandomHorizontalFlip()]
+               T.RandomHorizontalFlip(hflip)]
     else:
         ops = [T.Resize(int(round(img_size / 0.875)), interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(img_size)]
     return T.Compose([*ops, T.ToTensor(), T.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)])

@@ -8,7 +8,10 @@ Pipeline for a batch of B images with N patches each (patch index n is row-major
      patches in no object slot, eligible or not, counts as an object when the image has exactly
      one eligible object);
    - ``mae``: the whole image (ObjMAE with this selection is MAE);
-   - ``cam``: the patches whose normalised CAM is >= ``cam_threshold``.
+   - ``cam``: CAM saliency regions (paper section 4.3 and appendix A). ``cam_select="topk"`` (the
+     paper's "we select the patches with the most responsible value"): the 2L most salient patches
+     (ties in random order), so that alpha limits the region; ``"threshold"`` (appendix A's object
+     region): every patch whose normalised CAM is >= ``cam_threshold``, then cut like any region.
    An object is *eligible* when its object ratio (eq. 1) is >= ``min_ratio`` and it covers at
    least ``MIN_REGION_PATCHES`` patches.
 2. **Division** splits an intra region at random and equally into source and target
@@ -27,7 +30,7 @@ Pipeline for a batch of B images with N patches each (patch index n is row-major
      side's own patches.
 
 Fallback: an image with no eligible object (``object``/``inter``), fewer than
-``MIN_REGION_PATCHES`` CAM patches (``cam``), or an ``inter`` pair whose exclusive parts leave a
+``MIN_REGION_PATCHES`` CAM patches (``cam`` with ``threshold``), or an ``inter`` pair whose exclusive parts leave a
 side empty uses the whole image (``mae`` selection) and is flagged in ``Masks.fallback``. Nothing crashes.
 
 Everything is torch ops over ``[B, N]``/``[B, K, N]`` tensors (no loop over images), seeded through
@@ -44,6 +47,7 @@ from objmae_ray.errors import ConfigError
 
 __all__ = ["Masks", "PADDINGS", "SELECTIONS", "sample_masks", "target_length"]
 MIN_REGION_PATCHES = 2  # a region must split into a non-empty source and target
+ALPHA_STATS = ("encoder_seen_frac", "target_real_frac", "padded_frac", "alpha_effective")  # Masks.alpha_sums
 
 
 @dataclass
@@ -55,6 +59,8 @@ class Masks:
     src_valid: torch.BoolTensor  # [B, L] False only for zero-padded slots
     tgt_valid: torch.BoolTensor  # [B, L] False only for zero-padded slots (zero loss weight)
     fallback: torch.BoolTensor  # [B] image used whole-image ("mae") selection instead
+    src_real: torch.LongTensor | None = None  # [B] leading source slots holding a source-region patch (rest: padding)
+    tgt_real: torch.LongTensor | None = None  # [B] leading target slots holding a target-region patch
 
     def stats(self) -> dict[str, float]:
         """Batch summary for logging: share of fallback images and of zero-padded slots."""
@@ -63,6 +69,20 @@ class Masks:
             "mask_src_pad_frac": (~self.src_valid).float().mean().item(),
             "mask_tgt_pad_frac": (~self.tgt_valid).float().mean().item(),
         }
+
+    def alpha_sums(self, num_patches: int) -> torch.Tensor:
+        """What alpha did in this batch, summed over its images (divide by the image count for means), on the
+        masks' device (no host sync), in ALPHA_STATS order: `encoder_seen` distinct patches in valid source
+        slots / N; `target_real` target slots holding a target-region patch / L; `padded` slots (both sides)
+        beyond the region, whatever the padding mode put there / 2L; `alpha_effective` L / N (throwout
+        lowers L)."""
+        batch, length = self.src_idx.shape
+        seen = torch.zeros(batch, num_patches, dtype=torch.bool, device=self.src_idx.device)
+        seen.scatter_(1, torch.where(self.src_valid, self.src_idx, self.src_idx[:, :1]), True)
+        per_image = torch.stack([seen.sum(1) / num_patches, self.tgt_real / length,
+                                 (2 * length - self.src_real - self.tgt_real) / (2 * length),
+                                 torch.full_like(self.tgt_real, length, dtype=torch.float) / num_patches])
+        return per_image.float().sum(1)
 
 
 def target_length(alpha: float, num_patches: int) -> int:
@@ -108,9 +128,20 @@ def select_object(
     return gather_region(object_patches, choice) & eligible.any(1, keepdim=True)
 
 
-def select_cam(saliency: torch.Tensor, cam_threshold: float) -> torch.Tensor:
-    """saliency: [B, N] normalised CAM in 0..1 -> region [B, N] = saliency >= cam_threshold."""
-    return saliency >= cam_threshold
+def select_cam(saliency: torch.Tensor, cam_threshold: float, cam_select: str = "topk", length: int = 1,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+    """saliency: [B, N] normalised CAM in 0..1 -> region [B, N].
+
+    "topk": the min(2 * length, N) most salient patches of each image (equal saliencies in random order);
+    "threshold": saliency >= cam_threshold.
+    """
+    if cam_select == "threshold":
+        return saliency >= cam_threshold
+    noise = torch.rand(saliency.shape, generator=generator, device=saliency.device)
+    shuffled = noise.argsort(dim=1)  # random order first, then a stable sort by saliency keeps it among ties
+    ranked = shuffled.gather(1, saliency.gather(1, shuffled).argsort(dim=1, descending=True, stable=True))
+    top = ranked[:, :min(2 * length, saliency.shape[1])]
+    return torch.zeros_like(saliency, dtype=torch.bool).scatter_(1, top, True)
 
 
 def select_inter(
@@ -216,6 +247,7 @@ def sample_masks(
     saliency: torch.Tensor | None = None,
     min_ratio: float = 0.05,
     cam_threshold: float = 0.3,
+    cam_select: str = "topk",
     generator: torch.Generator | None = None,
     device=None,
 ) -> Masks:
@@ -223,7 +255,8 @@ def sample_masks(
 
     object_patches: [B, K, N] bool, patch n belongs to object k (>= 20% of its pixels);
     object_ratio: [B, K] object ratio (eq. 1), 0 for empty slots (both for "object"/"inter");
-    saliency: [B, N] normalised CAM in 0..1 ("cam"). Inputs the selection does not use are ignored.
+    saliency: [B, N] normalised CAM in 0..1 ("cam", regions by `cam_select`). Inputs the selection does
+    not use are ignored.
     device: default the inputs' device, else the generator's. Returns Masks with [B, L] tensors,
     L = target_length(alpha, N) (throwout: the batch's shortest side, <= that).
     """
@@ -231,9 +264,11 @@ def sample_masks(
     device = _device(device, object_patches, saliency, generator)
     if selection in ("object", "inter"):
         object_patches, object_ratio = object_patches.to(device).bool(), object_ratio.to(device)
+    if selection == "cam":
+        saliency = select_cam(saliency.to(device), cam_threshold, cam_select, target_length(alpha, num_patches),
+                              generator)
     src_region, tgt_region, selected, fallback = select_and_divide(
-        selection, batch_size, num_patches, object_patches, object_ratio, saliency,
-        min_ratio, cam_threshold, generator, device,
+        selection, batch_size, num_patches, object_patches, object_ratio, saliency, min_ratio, generator, device,
     )
     length = alignment_length(src_region, tgt_region, alpha, padding)
     pool = ~selected  # random padding only: patches outside every selected region
@@ -241,14 +276,14 @@ def sample_masks(
     if padding == "random":
         pool = pool & ~torch.zeros_like(pool).scatter_(1, src_idx, True)  # keep source and target disjoint
     tgt_idx, tgt_valid = align(tgt_region, length, padding, pool, generator)
-    return Masks(src_idx, tgt_idx, src_valid, tgt_valid, fallback)
+    return Masks(src_idx, tgt_idx, src_valid, tgt_valid, fallback,
+                 src_region.sum(1).clamp(max=length), tgt_region.sum(1).clamp(max=length))
 
 
 def select_and_divide(
-    selection, batch_size, num_patches, object_patches, object_ratio, saliency,
-    min_ratio, cam_threshold, generator, device,
+    selection, batch_size, num_patches, object_patches, object_ratio, cam_region, min_ratio, generator, device,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Selection + division with whole-image fallback.
+    """Selection + division with whole-image fallback (cam_region: [B, N] bool from `select_cam`).
 
     Returns src_region, tgt_region, selected (every patch of the selected region(s), for inter the
     whole of both objects, overlap included), all [B, N] bool, and fallback [B] bool.
@@ -264,7 +299,7 @@ def select_and_divide(
     if selection == "object":
         region = select_object(object_patches, object_ratio, min_ratio, generator)
     elif selection == "cam":
-        region = select_cam(saliency.to(device), cam_threshold)
+        region = cam_region
     else:  # mae
         region = whole
     fallback = region.sum(1) < MIN_REGION_PATCHES

@@ -34,15 +34,21 @@ ENCODER_FILE, CLASSIFIER_FILE, CONFIG_FILE, METRICS_FILE, CARD_FILE = (
     "encoder.safetensors", "classifier.safetensors", "config.yaml", "metrics.json", "README.md")
 
 
-def best_trial(run_dir: str | Path, metric: str, mode: str) -> TrialRecord:
-    """The trial with the best final `metric` among those that reported it with a checkpoint."""
+def best_record(records: list[TrialRecord], metric: str, mode: str) -> TrialRecord | None:
+    """The record with the best final `metric` among those that reported it with a checkpoint (None: none did)."""
     if mode not in ("max", "min"):
         raise ConfigError(f"--mode: must be max or min, got {mode!r}")
-    records = [r for r in records_from_dir(run_dir) if finite(r.last.get(metric)) is not None and r.checkpoint_dir()]
-    if not records:
-        raise ConfigError(f"{run_dir}: no trial reported {metric!r} with a checkpoint")
+    scored = [r for r in records if finite(r.last.get(metric)) is not None and r.checkpoint_dir()]
     sign = 1 if mode == "max" else -1
-    return max(records, key=lambda r: sign * finite(r.last.get(metric)))
+    return max(scored, key=lambda r: sign * finite(r.last.get(metric))) if scored else None
+
+
+def best_trial(run_dir: str | Path, metric: str, mode: str) -> TrialRecord:
+    """The trial of the run with the best final `metric` among those that reported it with a checkpoint."""
+    best = best_record(records_from_dir(run_dir), metric, mode)
+    if best is None:
+        raise ConfigError(f"{run_dir}: no trial reported {metric!r} with a checkpoint")
+    return best
 
 
 def encoder_state(model: ObjMAE) -> dict:

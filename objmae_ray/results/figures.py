@@ -210,3 +210,47 @@ def plot_rollout(imgs: Tensor, region: Tensor, whole: Tensor, inside: Tensor, pa
                 ax.set_title(title, fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+# ---- the whole-object probe (Fig. 2 / 7) -----------------------------------------------------------
+def object_probe_masks(batch: dict, min_ratio: float) -> Masks:
+    """Masks that hide one whole object: target = every patch of each image's largest eligible object,
+    source = every other patch (paper Fig. 7: predict one object from the rest of the image).
+
+    batch: {"object_patches": [B, K, N] bool, "object_ratio": [B, K]} (slots largest first). Sides have
+    different lengths per image: slots past an image's own count are invalid (zero padding).
+    """
+    patches, ratio = batch["object_patches"].bool(), batch["object_ratio"]
+    eligible = (ratio >= min_ratio) & (patches.sum(-1) >= 2)  # [B, K]
+    if not eligible.any(1).all():
+        raise ConfigError("object probe: an image has no eligible object")
+    first = eligible.float().argmax(1)  # the largest eligible object (slots are sorted by area)
+    obj = patches[torch.arange(patches.shape[0]), first]  # [B, N]
+    tgt_idx, tgt_valid = region_slots(obj)
+    src_idx, src_valid = region_slots(~obj)
+    return Masks(src_idx, tgt_idx, src_valid, tgt_valid, torch.zeros(obj.shape[0], dtype=torch.bool))
+
+
+def plot_object_probe(imgs: Tensor, probes: dict[str, tuple[Reconstruction, Tensor]], path: str | Path) -> None:
+    """PNG: per image, the hidden object (lighter), then per model its reconstruction of the object and the
+    attention rollout of its encoder over the rest of the image. probes: label -> (Reconstruction, rollout
+    [B, grid, grid])."""
+    rows, size = imgs.shape[0], imgs.shape[-1]
+    first = next(iter(probes.values()))[0]
+    fig = Figure(figsize=(2.2 * (1 + 2 * len(probes)), 2.2 * rows))
+    axes = fig.subplots(rows, 1 + 2 * len(probes), squeeze=False)
+    for i in range(rows):
+        panels = [("hidden object (lighter)", first.target[i], None)]
+        for label, (rec, heat) in probes.items():
+            panels += [(f"{label}: object rebuilt (MSE {rec.error[i]:.3f}, zero {rec.zero_error[i]:.3f})",
+                        rec.reconstruction[i], None),
+                       (f"{label}: rollout over the rest", denormalize(imgs[i]), heat[i])]
+        for ax, (title, image, heat) in zip(axes[i], panels):
+            ax.imshow(image.permute(1, 2, 0).numpy())
+            if heat is not None:
+                ax.imshow((heat / heat.max().clamp(min=1e-12)).numpy(), cmap="jet", alpha=0.5,
+                          extent=(0, size, size, 0), interpolation="nearest")
+            ax.set_axis_off()
+            ax.set_title(title, fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)

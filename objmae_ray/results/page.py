@@ -8,6 +8,8 @@ summary.json (the figures' numbers) and index.html (everything, images embedded)
   measured_tradeoff.png   top-1 against measured pre-train img/s
   reconstructions.png     Fig. 8 from the best trial's checkpoint on its validation images
   rollout.png             Fig. 10, attention rollout of the best trial's encoder
+  object_probe.png        Fig. 2 / 7: one whole object hidden, rebuilt from the rest of the image by the best
+                          trial and by the best MAE-selection trial when the run has one, with their rollouts
   object_ratio.png        Fig. 5 of its pre-training data
 A figure that cannot be made is skipped with its one-line reason on the page.
 """
@@ -23,12 +25,12 @@ from objmae_ray.config import SweepSpec
 from objmae_ray.data.stats import object_ratio_stats
 from objmae_ray.errors import ConfigError
 from objmae_ray.results import figures, tables
-from objmae_ray.results.export import best_trial
+from objmae_ray.results.export import best_record, best_trial
 from objmae_ray.results.plots import FLOP_SPEEDUP, MEASURED_THROUGHPUT, plot_tradeoff
 from objmae_ray.results.records import TrialRecord, records_from_dir
 from objmae_ray.results.stats import finite
 from objmae_ray.sweep.rundir import load_run_spec
-from objmae_ray.sweep.space import describe, short_name
+from objmae_ray.sweep.space import base_trial, describe, short_name
 from objmae_ray.train.checkpoint import objmae_from_checkpoint
 
 REPORT_DIR = "report"
@@ -67,6 +69,8 @@ def make_figures(run_dir: Path, spec: SweepSpec, records: list[TrialRecord], out
     numbers: dict[str, Any] = {"skipped": {}}
     _tradeoff_figures(spec, records, out, made, numbers)
     _checkpoint_figures(run_dir, spec, out, num_images, made, numbers)
+    if "best_trial" in numbers:
+        _object_probe(spec, records, out, num_images, made, numbers)
     return made, numbers
 
 
@@ -130,6 +134,39 @@ def _checkpoint_figures(run_dir: Path, spec: SweepSpec, out: Path, num_images: i
         return
     made["Fig. 5: object ratios of the pre-training set (red: minimum ratio)"] = "object_ratio.png"
     numbers["object_ratio"] = {k: v for k, v in stats.items() if k != "png"}
+
+
+def _object_probe(spec: SweepSpec, records: list[TrialRecord], out: Path, num_images: int, made: dict,
+                  numbers: dict) -> None:
+    """Fig. 2 / 7: the best trial, and the best trial with MAE selection, each rebuild a whole hidden object."""
+    objective = spec.objectives[0]
+    base_selection = base_trial(spec).masking.selection
+    mae = [r for r in records if r.params.get("masking.selection", base_selection) == "mae"]
+    chosen = {"best": best_record(records, objective.metric, objective.mode)}
+    if mae and chosen["best"] not in mae:
+        chosen["MAE"] = best_record(mae, objective.metric, objective.mode)
+    try:
+        probes, imgs = {}, None
+        for label, record in chosen.items():
+            if record is None:
+                continue
+            model, cfg = objmae_from_checkpoint(record.checkpoint_dir())
+            batch, _ = figures.validation_batch(cfg, num_images)
+            if "object_patches" not in batch:
+                raise ConfigError(f"pretrain.data.kind {cfg.pretrain.data.kind!r} has no object masks")
+            imgs = batch["image"]
+            masks = figures.object_probe_masks(batch, cfg.masking.min_ratio)
+            name = f"{label} ({record.params.get('masking.selection', base_selection)}, trial {record.trial_id})"
+            probes[name] = (figures.reconstruct(model, imgs, masks),
+                            figures.rollout_map(model, imgs, masks.src_idx, masks.src_valid))
+    except ConfigError as err:
+        numbers["skipped"]["object probe"] = str(err)
+        return
+    figures.plot_object_probe(imgs, probes, out / "object_probe.png")
+    made["Fig. 2 / 7: one whole object hidden and rebuilt from the rest of the image (MSE on the object vs "
+         "predicting zeros), and each encoder's attention rollout over the rest"] = "object_probe.png"
+    numbers["object_probe"] = {name: {"mse": rec.error.tolist(), "zero_baseline_mse": rec.zero_error.tolist()}
+                               for name, (rec, _) in probes.items()}
 
 
 # ---- the page ---------------------------------------------------------------------------------------

@@ -1,7 +1,11 @@
-"""Statistics over trials: mean and sample standard deviation over repeats, the Pareto front."""
+"""Statistics over trials: mean and sample standard deviation over repeats, Welch's t-test between two
+configurations' repeats, the Pareto front."""
 from __future__ import annotations
 
 import math
+import warnings
+
+from scipy import stats as scipy_stats
 
 
 def finite(value) -> float | None:
@@ -21,6 +25,17 @@ def mean_std(values: list[float]) -> tuple[float | None, float | None]:
     if len(values) == 1:
         return mean, 0.0
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def welch_p(a: list[float], b: list[float]) -> float | None:
+    """Two-sided p-value of Welch's t-test (unequal variances) that a and b have the same mean; None when it
+    cannot be computed (fewer than 2 values on a side, or no spread on either side)."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    with warnings.catch_warnings():  # identical values on one side: scipy warns, the p-value is still right
+        warnings.simplefilter("ignore", RuntimeWarning)
+        p = scipy_stats.ttest_ind(a, b, equal_var=False).pvalue
+    return float(p) if math.isfinite(p) else None
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[int]:

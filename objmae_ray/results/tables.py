@@ -13,12 +13,17 @@ TrialConfig paths) and, per column, the mean and sample std over the row's trial
 
   searched dimensions                 paper table  columns
   (any) with 2+ transfer phases       Table 5      speed-up, top-1 / top-5 of every transfer phase
-  alpha                               Table 4      speed-up, pre-train img/s, recon loss, top-1, top-5
+  alpha (+ selection with cam)        Table 4      speed-up, pre-train img/s, recon loss (+ predict-zeros), top-1/5
   selection                           Table 6      top-1, top-5 (selective region: intra / inter object)
   patch_size (+ selection, alpha)     Table 7      top-1, top-5
   padding                             Table 8      top-1, top-5
   selection + alpha                   Table 9      top-1, top-5
-  anything else                       ablation     speed-up, pre-train img/s, recon loss, top-1, top-5
+  anything else                       ablation     speed-up, pre-train img/s, recon loss (+ predict-zeros), top-1/5
+
+Noise: with `significance: welch` (the default) every table compares each row's repeats of the first
+objective (Table 5: each phase's top-1) with the best row's (Welch's t-test, `significance_level`) and
+marks the rows whose difference is within the seed noise ("≈"); with one repeat per row no call can be
+made, and the note says so.
 
 Numbers per trial: top-1 / top-5 are the last report of a transfer phase (the final phase's unless the
 column names the phase), recon loss the last pre-train epoch's, speed-up `speedup_est` (FLOP ratio vs a
@@ -36,7 +41,7 @@ from typing import Any, Callable
 
 from objmae_ray.config import ChoiceParam, SweepSpec
 from objmae_ray.results.records import TrialRecord
-from objmae_ray.results.stats import finite, mean_std, pareto_front
+from objmae_ray.results.stats import finite, mean_std, pareto_front, welch_p
 from objmae_ray.sweep.space import describe, searched, short_name
 
 _MODEL = {"object": "ObjMAE", "mae": "MAE", "inter": "ObjMAE (inter)", "cam": "ObjMAE (CAM)"}
@@ -70,6 +75,7 @@ def phase_metric(index: int, metric: str) -> Callable[[TrialRecord], float | Non
 
 SPEEDUP = Column("speedup", "Speed Up", 1, last("speedup_est"), "x")
 RECON = Column("recon_loss", "Recon Loss", 4, phase_metric(0, "recon_loss"))
+RECON_ZERO = Column("recon_zero_loss", "Zero-pred Loss", 4, phase_metric(0, "recon_zero_loss"))  # baseline to beat
 THROUGHPUT = Column("images_per_s", "Pre-train img/s", 1, phase_metric(0, "images_per_s"))  # measured
 PRETRAIN_TIME = Column("pretrain_time_s", "Pre-train s", 1, last("pretrain_time_s"))
 
@@ -93,6 +99,15 @@ def objective_key(metric: str) -> str:
 
 
 # ---- tables -----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class NoiseTest:
+    """Which rows differ from the best row by no more than the seed noise, on one column."""
+
+    key: str  # column key
+    mode: str  # "max" / "min": which row is best
+    level: float  # significance level of Welch's t-test
+
+
 @dataclass
 class Table:
     name: str  # file stem
@@ -102,6 +117,7 @@ class Table:
     ranked: bool  # results form (rank, configuration, Pareto, status; every trial) or paper form
     number: str = ""  # paper table number ("8", "ablation")
     note: str = ""
+    noise: list[NoiseTest] = field(default_factory=list)  # one "vs best" column each
 
 
 @dataclass
@@ -110,14 +126,26 @@ class Row:
     trials: list[TrialRecord] = field(default_factory=list)  # the trials the numbers come from
     excluded: int = 0  # paper form: stopped / failed trials of this row
     statuses: list[str] = field(default_factory=list)
+    samples: dict[str, list[float]] = field(default_factory=dict)  # column key -> the trials' values
     mean: dict[str, float | None] = field(default_factory=dict)
     std: dict[str, float | None] = field(default_factory=dict)
+
+
+def _noise_tests(spec: SweepSpec, columns: list[Column]) -> list[NoiseTest]:
+    """The first objective's column, else every top-1 column (Table 5's phases); none if the spec says so."""
+    if spec.significance == "none":
+        return []
+    objective = spec.objectives[0]
+    keys = [c.key for c in columns]
+    if objective_key(objective.metric) in keys:
+        return [NoiseTest(objective_key(objective.metric), objective.mode, spec.significance_level)]
+    return [NoiseTest(key, "max", spec.significance_level) for key in keys if key.startswith("top1")]
 
 
 def results_table(spec: SweepSpec) -> Table:
     """results.md / results.csv: every searched value, ranked by the first objective (module docstring)."""
     top1, top5 = top_columns(spec)
-    columns = [SPEEDUP, RECON, top1, top5]
+    columns = [SPEEDUP, RECON, RECON_ZERO, top1, top5]
     for i, transfer in enumerate(spec.base.transfer[:-1], start=1):
         key = f"top1 {i}:{transfer.mode} {transfer.data.kind}"
         columns.append(Column(key, key, 2, phase_metric(i, "top1")))
@@ -129,7 +157,8 @@ def results_table(spec: SweepSpec) -> Table:
     return Table("results", f"{spec.study}: {{rows}} configurations, ranked by {objectives}",
                  sorted(searched(spec)), columns, ranked=True,
                  note="mean ± sample std over repeats; speed-up = FLOP ratio vs a supervised ViT step;"
-                      " Pareto = not dominated in (speed-up, top-1).")
+                      " zero-pred loss = the pre-training loss of predicting zeros (the baseline a reconstruction"
+                      " must beat); Pareto = not dominated in (speed-up, top-1).", noise=_noise_tests(spec, columns))
 
 
 def paper_table(spec: SweepSpec) -> Table:
@@ -148,9 +177,10 @@ def paper_table(spec: SweepSpec) -> Table:
         number, name, caption, columns = ("5", "table5_transfer",
                                           "Transfer of the pre-trained encoder to each downstream task",
                                           [SPEEDUP] + phases)
-    elif short == {"alpha"}:
+    elif short == {"alpha"} or (short == {"alpha", "selection"} and "cam" in searched(spec)["masking.selection"].choices):
+        dims = sorted(dims, key=lambda d: d != "masking.alpha")  # Table 4: alpha first, its 1/2 row is MAE
         number, name, caption, columns = ("4", "table4_alpha", "Performance vs. acceleration over alpha",
-                                          [SPEEDUP, THROUGHPUT, RECON, top1, top5])
+                                          [SPEEDUP, THROUGHPUT, RECON, RECON_ZERO, top1, top5])
     elif short == {"selection"}:
         number, name, caption, columns = ("6", "table6_selection", "Selective regions (intra- vs inter-object)",
                                           [top1, top5])
@@ -162,11 +192,12 @@ def paper_table(spec: SweepSpec) -> Table:
         number, name, caption, columns = "9", "table9_alpha", "Ablation of alpha for ObjMAE and MAE", [top1, top5]
     else:
         number, name, caption, columns = ("ablation", "table_ablation", "Searched settings",
-                                          [SPEEDUP, THROUGHPUT, RECON, top1, top5])
+                                          [SPEEDUP, THROUGHPUT, RECON, RECON_ZERO, top1, top5])
     label = f"Table {number}" if number.isdigit() else "Ablation"
     return Table(name, f"{label} (paper form): {caption} (study {spec.study})", dims, columns, ranked=False,
                  number=number, note="mean ± sample std over n finished seeds; top-1/5 in %; "
-                                     "speed-up = FLOP ratio vs a supervised ViT step.")
+                                     "speed-up = FLOP ratio vs a supervised ViT step.",
+                 noise=_noise_tests(spec, columns))
 
 
 # ---- the pivot --------------------------------------------------------------------------------------
@@ -195,8 +226,8 @@ def pivot(records: list[TrialRecord], table: Table, spec: SweepSpec) -> list[Row
             row.excluded += 1
     for row in rows.values():
         for column in table.columns:
-            row.mean[column.key], row.std[column.key] = mean_std(
-                [v for v in (column.value(r) for r in row.trials) if v is not None])
+            row.samples[column.key] = [v for v in (column.value(r) for r in row.trials) if v is not None]
+            row.mean[column.key], row.std[column.key] = mean_std(row.samples[column.key])
     if table.ranked:
         objective = spec.objectives[0]
         key, sign = objective_key(objective.metric), (-1 if objective.mode == "max" else 1)
@@ -220,7 +251,11 @@ def _dim_title(table: Table, dim: str) -> str:
     return _DIM_TITLES.get(dim, dim)
 
 
-def _dim_text(table: Table, dim: str, value: Any) -> str:
+def _dim_text(table: Table, dim: str, values: dict[str, Any]) -> str:
+    """A row's value of one dimension as the paper writes it (a row without pre-training: "ViT-S (scratch)")."""
+    value = values[dim]
+    if values.get("pretrain.epochs") == 0 and dim in ("masking.selection", "masking.alpha"):
+        return "ViT (no pre-training)" if dim == "masking.selection" else "-"
     if dim == "masking.selection":
         return (_REGION if table.number == "6" else _MODEL).get(value, str(value))
     if dim == "masking.padding":
@@ -234,6 +269,42 @@ def _cell(column: Column, mean: float | None, std: float | None) -> str:
     return f"{mean:.{column.digits}f}{column.suffix}" + (f" ± {std:.{column.digits}f}" if std else "")
 
 
+def noise_calls(test: NoiseTest, rows: list[Row]) -> list[str]:
+    """Per row, against the best row on the test's column: "best", "≈ p=0.41" (within the seed noise),
+    "≠ p=0.003" (a real difference), or "-" (no call: fewer than 2 values on a side, or no spread)."""
+    means = [row.mean.get(test.key) for row in rows]
+    if all(m is None for m in means):
+        return ["-"] * len(rows)
+    sign = 1 if test.mode == "max" else -1
+    best = max((i for i, m in enumerate(means) if m is not None), key=lambda i: sign * means[i])
+    calls = []
+    for i, row in enumerate(rows):
+        p = welch_p(row.samples.get(test.key, []), rows[best].samples.get(test.key, []))
+        calls.append("best" if i == best else "-" if p is None else
+                     f"≈ p={p:.2g}" if p >= test.level else f"≠ p={p:.2g}")
+    return calls
+
+
+def _noise_columns(table: Table, rows: list[Row]) -> tuple[list[str], list[list[str]]]:
+    """(headers, per row the calls) of the table's noise tests."""
+    titles = {c.key: c.title for c in table.columns}
+    headers = ["vs best" if len(table.noise) == 1 else f"vs best ({titles[t.key]})" for t in table.noise]
+    calls = [noise_calls(test, rows) for test in table.noise]
+    return headers, [[column[i] for column in calls] for i in range(len(rows))]
+
+
+def noise_note(table: Table, rows: list[Row]) -> str:
+    """How the noise columns were made, or why no call could be made."""
+    if not table.noise:
+        return ""
+    keys = ", ".join(t.key for t in table.noise)
+    if not any(len(row.samples.get(t.key, [])) >= 2 for row in rows for t in table.noise):
+        return (f" No call on noise: each row has fewer than 2 finished repeats, so differences in {keys} "
+                f"cannot be compared with the seed spread (set repeats >= 2).")
+    return (f" vs best: Welch's t-test on {keys} over the repeats against the best row; "
+            f"≈ = within the seed noise (p >= {table.noise[0].level:g}), ≠ = a difference beyond it, - = no call.")
+
+
 def _statuses(row: Row) -> str:
     return ", ".join(f"{row.statuses.count(s)} {s}" for s in sorted(set(row.statuses)))
 
@@ -241,16 +312,18 @@ def _statuses(row: Row) -> str:
 def text_cells(table: Table, rows: list[Row]) -> tuple[list[str], list[list[str]]]:
     """(header, body) of the table as text cells: the one renderer behind Markdown and HTML."""
     columns = [c.title for c in table.columns]
+    noise, calls = _noise_columns(table, rows)
     if table.ranked:
         front = on_pareto_front(rows)
-        header = ["rank", "configuration", "runs"] + columns + ["Pareto", "status"]
+        header = ["rank", "configuration", "runs"] + columns + noise + ["Pareto", "status"]
         body = [[str(i), describe(row.values), str(len(row.trials))]
-                + [_cell(c, row.mean[c.key], row.std[c.key]) for c in table.columns]
+                + [_cell(c, row.mean[c.key], row.std[c.key]) for c in table.columns] + calls[i - 1]
                 + ["*" if i - 1 in front else "", _statuses(row)] for i, row in enumerate(rows, start=1)]
         return header, body
-    header = [_dim_title(table, d) for d in table.dims] + ["n"] + columns
-    body = [[_dim_text(table, d, row.values[d]) for d in table.dims] + [str(len(row.trials))]
-            + [_cell(c, row.mean[c.key], row.std[c.key]) for c in table.columns] for row in rows]
+    header = [_dim_title(table, d) for d in table.dims] + ["n"] + columns + noise
+    body = [[_dim_text(table, d, row.values) for d in table.dims] + [str(len(row.trials))]
+            + [_cell(c, row.mean[c.key], row.std[c.key]) for c in table.columns] + calls[i]
+            for i, row in enumerate(rows)]
     return header, body
 
 
@@ -260,7 +333,8 @@ def heading(table: Table, rows: list[Row]) -> str:
 
 def note(table: Table, rows: list[Row]) -> str:
     excluded = sum(r.excluded for r in rows)
-    return table.note + (f" {excluded} stopped or failed trial(s) left out." if excluded else "")
+    return (table.note + (f" {excluded} stopped or failed trial(s) left out." if excluded else "")
+            + noise_note(table, rows))
 
 
 def markdown(table: Table, rows: list[Row]) -> str:
@@ -284,10 +358,12 @@ def csv_text(table: Table, rows: list[Row]) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
     stats = [f"{c.key}_{s}" for c in table.columns for s in ("mean", "std")]
-    writer.writerow((["rank", "configuration", "runs"] if table.ranked else table.dims + ["n", "excluded"]) + stats)
+    _, calls = _noise_columns(table, rows)
+    writer.writerow((["rank", "configuration", "runs"] if table.ranked else table.dims + ["n", "excluded"]) + stats
+                    + [f"vs_best_{t.key}" for t in table.noise])
     for i, row in enumerate(rows, start=1):
         numbers = [v for c in table.columns for v in (row.mean[c.key], row.std[c.key])]
         lead = ([i, describe(row.values), len(row.trials)] if table.ranked
                 else [row.values[d] for d in table.dims] + [len(row.trials), row.excluded])
-        writer.writerow(lead + ["" if v is None else f"{v:.6g}" for v in numbers])
+        writer.writerow(lead + ["" if v is None else f"{v:.6g}" for v in numbers] + calls[i - 1])
     return out.getvalue()

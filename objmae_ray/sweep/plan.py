@@ -11,18 +11,18 @@ estimated at their endpoints.
 """
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 from objmae_ray.config import DataConfig, SweepSpec, TrialConfig, trial_from_dict
 from objmae_ray.method.flops import objmae_flops, supervised_flops
-from objmae_ray.sweep.checks import coverage
-from objmae_ray.sweep.space import (asha_milestones, base_trial, candidates, describe_param, num_configurations,
-                                    search_paths)
+from objmae_ray.sweep.checks import checked_cases, coverage
+from objmae_ray.sweep.space import asha_milestones, base_trial, describe_param, num_configurations, search_paths
 
 # Train / val images per epoch by dataset kind, for the estimate (override with estimate.*_images).
-# coco: COCO 2017 train (the paper's filtered COCO 2014 train has 72,452); folder: ImageNet-100.
-DATASET_IMAGES = {"coco": (118_287, 0), "folder": (126_689, 5_000), "cifar100": (50_000, 10_000)}
+# coco: COCO 2014 train after the paper's filtering (72,452 of 82,783), COCO 2017 train unfiltered;
+# folder: ImageNet-100.
+DATASET_IMAGES = {"coco": (72_452, 0), "folder": (126_689, 5_000), "cifar100": (50_000, 10_000)}
+COCO_TRAIN_IMAGES = {"train2014": 72_452, "train2017": 118_287}
 PLAN_SAMPLE = 64  # configurations the estimate averages over (endpoints of ranges)
 
 
@@ -37,6 +37,8 @@ class Plan:
     def lines(self, spec: SweepSpec) -> list[str]:
         dims = [f"  {key} ({path}): {describe_param(spec.search_space[key])}"
                 for key, path in search_paths(spec).items()]
+        dims += [f"  configurations.{i}: " + ", ".join(f"{k}={v!r}" for k, v in row.items())
+                 for i, row in enumerate(spec.configurations)]
         objectives = ", ".join(f"{o.metric} ({o.mode})" for o in spec.objectives)
         sched = spec.scheduler.kind
         if sched == "asha":
@@ -62,12 +64,9 @@ class Plan:
 
 def plan(spec: SweepSpec) -> Plan:
     """Trial count and FLOP-based GPU-hours estimate (see the module docstring for the model)."""
-    paths = search_paths(spec)
-    options = {key: candidates(spec.search_space[key]) for key in paths}
-    combos = [dict(zip(options, values)) for values in itertools.product(*options.values())][:PLAN_SAMPLE]
     seconds = []
-    for combo in combos or [{}]:
-        cfg = trial_from_dict(spec.base.model_dump(), {paths[k]: v for k, v in combo.items()})
+    for values in [case.values for case in checked_cases(spec)[:PLAN_SAMPLE]] or [{}]:
+        cfg = trial_from_dict(spec.base.model_dump(), values)
         seconds.append(trial_flops(cfg, spec) / (spec.estimate.gpu_tflops * 1e12))
     per_trial = sum(seconds) / len(seconds) / 3600
     base = base_trial(spec)
@@ -82,6 +81,8 @@ def _images(data: DataConfig, override: int | None) -> tuple[int, int]:
         return override, 0
     if data.kind == "synthetic":
         return data.num_images, 0
+    if data.kind == "coco" and data.train_split in COCO_TRAIN_IMAGES:
+        return COCO_TRAIN_IMAGES[data.train_split], 0
     return DATASET_IMAGES[data.kind]
 
 

@@ -5,7 +5,12 @@ ASHA as the trial scheduler.
 Repeats: with `repeats: R` every configuration the sampler proposes runs R times (Tune's Repeater),
 with seeds base.seed + 0 .. R-1; the sampler is told the mean of the R results, per objective.
 Grid: `tune.grid_search` cannot be converted to Optuna, so exhaustive ablations use Optuna's
-GridSampler with num_samples = grid size x repeats.
+GridSampler with num_samples = grid size x repeats. List: the file's `configurations` are enqueued in
+order (OptunaSearch's points_to_evaluate) and num_samples = rows x repeats.
+Alpha: a float range on masking.alpha is searched over its achievable values L / N (sweep/space.py), and
+the searcher never hands out a configuration it handed out before (equal after alpha -> L): TPE and
+random sampling can propose the same point twice; the duplicate is told the earlier result (or failed,
+if that one is still running) and the sampler is asked again.
 """
 from __future__ import annotations
 
@@ -15,20 +20,50 @@ import numpy as np
 import optuna
 import optuna.distributions as od
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-from ray.tune.search import ConcurrencyLimiter, Repeater
+from ray.tune.search import ConcurrencyLimiter, Repeater, Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from objmae_ray.config import ChoiceParam, SweepSpec
-from objmae_ray.sweep.space import asha_milestones, grid_values, searched
+from objmae_ray.sweep.space import (ALPHA, achievable_alphas, asha_milestones, configuration_rows, effective_key,
+                                    grid_values, num_patches, searched)
+
+
+MAX_DRAWS = 100  # proposals per trial before the searcher gives up on finding a new configuration
 
 
 class _OptunaSearch(OptunaSearch):
-    """OptunaSearch that skips reports lacking its metric (Tune's own would raise KeyError)."""
+    """OptunaSearch that never suggests the same effective configuration twice, and skips reports lacking
+    its metric (Tune's own would raise KeyError)."""
+
+    def __init__(self, *args, spec: SweepSpec, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._spec = spec
+        self._given: dict[str, str] = {}  # effective key -> trial id
+        self._finals: dict[str, dict | None] = {}  # trial id -> its final result (None: failed)
+
+    def suggest(self, trial_id: str):
+        for draw in range(MAX_DRAWS):
+            draw_id = f"{trial_id}~draw{draw}"  # OptunaSearch keeps one Optuna trial per id: one id per draw
+            config = super().suggest(draw_id)
+            if not isinstance(config, dict):  # None (wait) or Searcher.FINISHED
+                return config
+            key = effective_key(config, self._spec)
+            if key not in self._given:
+                self._given[key] = trial_id
+                self._ot_trials[trial_id] = self._ot_trials.pop(draw_id)  # the Tune trial owns this Optuna trial
+                return config
+            earlier = self._finals.get(self._given[key])  # tell Optuna what this point scored; draw again
+            super().on_trial_complete(draw_id, result=earlier, error=earlier is None)
+        return Searcher.FINISHED  # every configuration the sampler keeps proposing has run
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if isinstance(self.metric, str) and self.metric not in result:
             return
         super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        self._finals[trial_id] = None if error else result
+        super().on_trial_complete(trial_id, result=result, error=error)
 
 
 class _GridSampler(optuna.samplers.GridSampler):
@@ -63,6 +98,8 @@ def optuna_space(spec: SweepSpec) -> dict[str, od.BaseDistribution]:
             space[path] = od.CategoricalDistribution(grid_values(param))
         elif isinstance(param, ChoiceParam):
             space[path] = od.CategoricalDistribution(param.choices)
+        elif path == ALPHA and param.type == "float":  # only the alphas that change L (module docstring)
+            space[path] = od.CategoricalDistribution(achievable_alphas(param.low, param.high, num_patches(spec)))
         elif param.type == "int":
             space[path] = od.IntDistribution(int(param.low), int(param.high), log=param.log,
                                              step=int(param.step or 1))
@@ -76,7 +113,7 @@ def build_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
     s = spec.sampler
     if s.kind == "grid":
         return _GridSampler({p: grid_values(v) for p, v in searched(spec).items()}, seed=s.seed)
-    if s.kind == "random":
+    if s.kind in ("random", "list"):  # list: every trial is an enqueued row; the sampler is never asked
         return optuna.samplers.RandomSampler(seed=s.seed)
     if s.kind == "nsga2":  # population: a third of the budget, 2..50 (Optuna's default is 50)
         return optuna.samplers.NSGAIISampler(seed=s.seed, population_size=max(2, min(50, spec.num_samples // 3)))
@@ -89,9 +126,10 @@ def build_search(spec: SweepSpec, storage: optuna.storages.BaseStorage | None = 
     metrics = [o.metric for o in spec.objectives]
     modes = [o.mode for o in spec.objectives]
     multi = len(metrics) > 1
+    points = configuration_rows(spec) if spec.sampler.kind == "list" else None
     searcher = _OptunaSearch(space=optuna_space(spec), metric=metrics if multi else metrics[0],
                              mode=modes if multi else modes[0], sampler=build_sampler(spec),
-                             study_name=spec.study, storage=storage)
+                             study_name=spec.study, storage=storage, points_to_evaluate=points, spec=spec)
     if spec.repeats > 1:
         searcher = _Repeater(searcher, repeat=spec.repeats, set_index=True)
     return ConcurrencyLimiter(searcher, max_concurrent=spec.concurrency)

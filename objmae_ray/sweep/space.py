@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from objmae_ray.config import (ChoiceParam, FixedParam, RangeParam, SweepSpec, TrialConfig, TrialConfigError,
                                trial_from_dict)
+from objmae_ray.method.masking import target_length
 
 # Short names for the paper's four knobs.
 ALIASES = {
@@ -62,8 +63,31 @@ def search_paths(spec: SweepSpec) -> dict[str, str]:
     return {key: resolve_path(key, spec.base)[0] for key in spec.search_space}
 
 
+def get_path(config: dict, path: str) -> Any:
+    """The value at a dotted path of a TrialConfig.model_dump() dict."""
+    for part in path.split("."):
+        config = config[int(part)] if isinstance(config, list) else config[part]
+    return config
+
+
+def configuration_rows(spec: SweepSpec) -> list[dict[str, Any]]:
+    """sampler list: each row of `configurations` as {dotted path: value}, with every path any row names
+    (a row that leaves one out gets the base trial's value). Keys that do not resolve are left out (the
+    checks report them)."""
+    resolved = [{resolve_path(k, spec.base)[0]: v for k, v in row.items() if resolve_path(k, spec.base)[1] is None}
+                for row in spec.configurations]
+    paths = list(dict.fromkeys(path for row in resolved for path in row))
+    base = base_trial(spec).model_dump()
+    return [{path: row[path] if path in row else get_path(base, path) for path in paths} for row in resolved]
+
+
 def searched(spec: SweepSpec) -> dict[str, RangeParam | ChoiceParam]:
-    """Dotted TrialConfig path -> its (non-fixed) search dimension, in file order."""
+    """Dotted TrialConfig path -> its (non-fixed) search dimension, in file order. With the list sampler,
+    each field the rows set is a choice among the values the rows give it (in order of appearance)."""
+    if spec.sampler.kind == "list":
+        rows = configuration_rows(spec)
+        return {path: ChoiceParam(choices=list(dict.fromkeys(row[path] for row in rows)))
+                for path in (rows[0] if rows else {})}
     return {path: spec.search_space[key] for key, path in search_paths(spec).items()
             if not isinstance(spec.search_space[key], FixedParam)}
 
@@ -126,7 +150,9 @@ def grid_size(spec: SweepSpec) -> int:
 
 
 def num_configurations(spec: SweepSpec) -> int:
-    """Configurations the sweep tries: the grid size, or num_samples."""
+    """Configurations the sweep tries: the grid size, the list's rows, or num_samples."""
+    if spec.sampler.kind == "list":
+        return len(spec.configurations)
     return grid_size(spec) if spec.sampler.kind == "grid" else (spec.num_samples or 0)
 
 
@@ -149,6 +175,35 @@ def trial_from_tune_config(config: dict) -> TrialConfig:
     body = {k: v for k, v in config.items() if "." not in k}
     body["seed"] = int(body.get("seed", 0)) + int(config.get(TRIAL_INDEX, 0))
     return trial_from_dict(body, params)
+
+
+# ---- alpha as the trial sees it ---------------------------------------------------------------------
+# A trial uses L = target_length(alpha, N) source and target patches, so alphas that round to the same L
+# are the same trial (on a 4x4 grid, 0.23 and 0.27 both give L = 4). The sweep therefore searches alpha
+# over the achievable values L / N (`achievable_alphas`), refuses choices that collide (sweep/checks.py),
+# and never runs a configuration twice (`effective_key`, used by sweep/search.py's searcher).
+ALPHA = "masking.alpha"
+
+
+def num_patches(spec: SweepSpec, values: dict[str, Any] | None = None) -> int:
+    """N = (img_size / patch_size)^2 of the base trial, or of a configuration that searches them."""
+    model = base_trial(spec).model
+    img, patch = (values or {}).get("model.img_size", model.img_size), (values or {}).get("model.patch_size",
+                                                                                        model.patch_size)
+    return (int(img) // int(patch)) ** 2
+
+
+def achievable_alphas(low: float, high: float, n: int) -> list[float]:
+    """The distinct alphas L / N with L = target_length(alpha, N) for alpha in [low, high]."""
+    return [length / n for length in range(target_length(low, n), target_length(high, n) + 1)]
+
+
+def effective_key(values: dict[str, Any], spec: SweepSpec) -> str:
+    """A configuration's searched values with alpha as its L: equal keys are the same trial."""
+    effective = dict(values)
+    if ALPHA in effective:
+        effective[ALPHA] = f"L={target_length(float(effective[ALPHA]), num_patches(spec, values))}"
+    return repr(sorted(effective.items()))
 
 
 def asha_milestones(spec: SweepSpec) -> tuple[int, int]:

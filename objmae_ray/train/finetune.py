@@ -1,9 +1,12 @@
 """Transfer phase on one worker: fine-tuning or linear probing of the pre-trained encoder.
 
-- fine-tune: timm VisionTransformer (global average pooling + fc_norm, as MAE fine-tuning) whose
-  encoder is the ObjMAE encoder; all weights train, with layer-wise lr decay (see optim.py).
-- linear probe (as MAE's `main_linprobe.py`): the same ViT with the cls token as feature, the
+- fine-tune: timm VisionTransformer (by default global average pooling + fc_norm, as MAE fine-tuning)
+  whose encoder is the ObjMAE encoder; all weights train, with layer-wise lr decay (see optim.py) and
+  stochastic depth `drop_path`.
+- linear probe (as MAE's `main_linprobe.py`): the same ViT (by default the cls token as feature), the
   encoder frozen, and the head `BatchNorm1d(affine=False) -> Linear` the only trained module.
+The loss is cross-entropy, with `label_smoothing`, or with timm's `Mixup` (MixUp / CutMix soft targets,
+smoothing folded in) and `SoftTargetCrossEntropy` when `mixup` or `cutmix` is set (TransferConfig).
 Top-1 / top-5 come from timm's `accuracy` on the held-out split, summed over all workers.
 """
 from __future__ import annotations
@@ -14,6 +17,8 @@ from typing import Iterable
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from timm.data import Mixup
+from timm.loss import SoftTargetCrossEntropy
 from timm.utils import accuracy
 from torch import Tensor, nn
 
@@ -21,23 +26,19 @@ from objmae_ray.config import ModelConfig, TransferConfig
 from objmae_ray.method.model import create_vit_classifier
 from objmae_ray.train.pretrain import EpochStats, StepHook, all_reduce_sums, autocast, check_finite
 
-FINETUNE_DROP_PATH = 0.1  # MAE fine-tuning of ViT-S/B
-
-
 def build_classifier(model_cfg: ModelConfig, transfer: TransferConfig, *, num_classes: int,
                      encoder_state: dict[str, Tensor] | None) -> nn.Module:
     """timm ViT classifier initialised from `encoder_state` (ObjMAE.encoder_state_dict()).
 
-    mode "finetune": global_pool="avg", drop_path 0.1, every weight trainable.
-    mode "linear": global_pool="token", head = BatchNorm1d(affine=False, eps=1e-6) + Linear
-    (weights N(0, 0.01), as MAE), every encoder weight frozen (requires_grad=False).
+    mode "finetune": global_pool transfer.pool (default "avg"), drop path transfer.drop_path, every weight
+    trainable. mode "linear": global_pool transfer.pool (default "token"), head = BatchNorm1d(affine=False,
+    eps=1e-6) + Linear (weights N(0, 0.01), as MAE), every encoder weight frozen (requires_grad=False).
     """
     common = dict(img_size=model_cfg.img_size, patch_size=model_cfg.patch_size,
-                  num_classes=num_classes, encoder_state=encoder_state)
+                  num_classes=num_classes, encoder_state=encoder_state, global_pool=transfer.pool)
     if transfer.mode == "finetune":
-        return create_vit_classifier(model_cfg.preset, global_pool="avg",
-                                     drop_path_rate=FINETUNE_DROP_PATH, **common)
-    model = create_vit_classifier(model_cfg.preset, global_pool="token", **common)
+        return create_vit_classifier(model_cfg.preset, drop_path_rate=transfer.drop_path, **common)
+    model = create_vit_classifier(model_cfg.preset, **common)
     nn.init.trunc_normal_(model.head.weight, std=0.01)
     nn.init.zeros_(model.head.bias)
     model.head = nn.Sequential(nn.BatchNorm1d(model.head.in_features, affine=False, eps=1e-6), model.head)
@@ -52,10 +53,36 @@ def trainable_module(model: nn.Module, mode: str) -> nn.Module:
     return model if mode == "finetune" else model.head
 
 
+class ClassificationLoss:
+    """The training loss of a transfer phase: `(logits [B, C], labels [B]) -> loss []`, with the batch first
+    mixed by timm's Mixup when MixUp / CutMix is on (`mix(imgs, labels) -> (imgs, soft targets [B, C])`)."""
+
+    def __init__(self, transfer: TransferConfig | None = None, num_classes: int = 0):
+        """transfer None: plain cross-entropy."""
+        self.mixup, self.smoothing = None, transfer.label_smoothing if transfer else 0.0
+        if transfer is not None and (transfer.mixup > 0 or transfer.cutmix > 0):
+            self.mixup = Mixup(mixup_alpha=transfer.mixup, cutmix_alpha=transfer.cutmix,
+                               label_smoothing=transfer.label_smoothing, num_classes=num_classes)
+
+    def mix(self, imgs: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+        """The batch as the loss sees it (Mixup needs an even batch: an odd last image is left out)."""
+        if self.mixup is None:
+            return imgs, labels
+        even = imgs.shape[0] // 2 * 2
+        return self.mixup(imgs[:even], labels[:even])
+
+    def __call__(self, logits: Tensor, targets: Tensor) -> Tensor:
+        if self.mixup is not None:  # soft targets [B, C]
+            return SoftTargetCrossEntropy()(logits.float(), targets)
+        return F.cross_entropy(logits.float(), targets, label_smoothing=self.smoothing)
+
+
 def train_classifier_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, scheduler, *,
                            phase: str, epoch: int, first_update: int, device: torch.device,
-                           on_step: StepHook | None = None) -> EpochStats:
-    """One pass of cross-entropy training over `loader` of (images [B, 3, H, W], labels [B])."""
+                           loss_fn: ClassificationLoss | None = None, on_step: StepHook | None = None) -> EpochStats:
+    """One pass of training over `loader` of (images [B, 3, H, W], labels [B]); `loss_fn` default: plain
+    cross-entropy."""
+    loss_fn = loss_fn or ClassificationLoss()
     model.train()
     start = time.perf_counter()
     loss_sum, images, steps = 0.0, 0, 0
@@ -64,9 +91,10 @@ def train_classifier_epoch(model: nn.Module, loader: Iterable, optimizer: torch.
             on_step(epoch, step)
         scheduler.step_update(first_update + step)
         imgs, labels = imgs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        imgs, targets = loss_fn.mix(imgs, labels)
         with autocast(device):
             logits = model(imgs)  # [B, num_classes]
-        loss = F.cross_entropy(logits.float(), labels)
+        loss = loss_fn(logits, targets)
         value = check_finite(loss, phase=phase, epoch=epoch, step=step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -6,11 +6,15 @@ phase (fine-tune and/or linear probe), reporting and checkpointing every epoch.
 is its runtime (Ray Train via `ray_worker()`, or `LocalRun` in a plain process for unit tests).
 
 Metrics (flat, one report per epoch): phase, phase_index, epoch (0-based within the phase),
-recon_loss (the pre-train epoch's loss; in transfer phases the last pre-train value), train_loss, top1,
+recon_loss (the pre-train epoch's loss; in transfer phases the last pre-train value), recon_zero_loss (the
+loss of predicting zeros on the same targets in that epoch: the baseline a reconstruction must beat), train_loss, top1,
 top5, val_loss, val_images (transfer phases; top1/top5/val_loss are 0.0 during pre-training so Tune
 schedulers always find the metric), images_per_s, epoch_time_s (train + eval), pretrain_time_s
 (cumulative pre-train compute time), speedup_est (method/flops.py), fallback / fallback_frac (images
-that had no eligible object), lr, loop_start_at / first_step_at (unix times this worker group entered
+that had no eligible object), what alpha did in the pre-train epoch (means per image: encoder_seen_frac =
+distinct patches the encoder sees / N, target_real_frac = target slots holding a target-region patch,
+padded_frac = slots beyond the region whatever the padding mode put there, alpha_effective = L / N),
+lr, loop_start_at / first_step_at (unix times this worker group entered
 the train loop / made its first optimiser step), report_time_s (seconds this worker process spent in
 earlier reports: checkpoint write + upload + Ray's report), done (True on the last report).
 A checkpoint (checkpoint.py layout) goes with every report when checkpoint_every = 1, else every
@@ -54,7 +58,8 @@ from objmae_ray.errors import ConfigError
 from objmae_ray.method.flops import speedup_estimate
 from objmae_ray.method.model import objmae_from_config
 from objmae_ray.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from objmae_ray.train.finetune import build_classifier, evaluate, train_classifier_epoch, trainable_module
+from objmae_ray.train.finetune import (ClassificationLoss, build_classifier, evaluate, train_classifier_epoch,
+                                      trainable_module)
 from objmae_ray.train.optim import build_lr_schedule, build_optimizer
 from objmae_ray.train.pretrain import pretrain_epoch
 from objmae_ray.train.rules import trial_phases
@@ -136,6 +141,15 @@ def epoch_seed(seed: int, phase_index: int, epoch: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, phase_index, epoch, rank]).generate_state(2, np.uint64)[0] >> 1)
 
 
+def labelled_subset(dataset: Dataset, count: int | None) -> Dataset:
+    """The first `count` images of a fixed random order (seed 0: the same for every trial and worker), or
+    the whole dataset: the low-label split of a transfer phase."""
+    if count is None or count >= len(dataset):
+        return dataset
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))
+    return Subset(dataset, order[:count].tolist())
+
+
 def _param_hash(model: nn.Module) -> str:
     digest = hashlib.sha256()
     for param in getattr(model, "module", model).parameters():
@@ -158,7 +172,7 @@ class TrialRun:
                               f"use a new run name or storage path")
         state = self.resume["train_state"] if self.resume else {}
         self.pretrain_time_s = state.get("pretrain_time_s", 0.0)
-        self.recon_loss = state.get("recon_loss", 0.0)
+        self.recon_loss = state.get("recon_loss", float("nan"))  # NaN until a pre-train epoch ran (scratch: never)
         if self.resume:
             self.objmae.load_state_dict(self.resume["objmae"])
             set_rng_state(state["rng"])
@@ -168,15 +182,17 @@ class TrialRun:
 
     # -- helpers --
     def start_epoch(self, phase_index: int) -> int | None:
-        """First epoch to run in this phase (None: the phase already finished in a checkpoint)."""
-        if not self.resume:
-            return 0
-        state = self.resume["train_state"]
-        if phase_index < state["phase_index"]:
-            return None
-        if phase_index > state["phase_index"]:
-            return 0
-        return state["epoch"] + 1 if state["epoch"] + 1 < self.phases[phase_index][2].epochs else None
+        """First epoch to run in this phase (None: nothing to run, because the phase has no epochs, i.e. the
+        scratch baseline's pre-training, or finished in the checkpoint resumed from)."""
+        epochs = self.phases[phase_index][2].epochs
+        first = 0
+        if self.resume:
+            state = self.resume["train_state"]
+            if phase_index < state["phase_index"]:
+                return None
+            if phase_index == state["phase_index"]:
+                first = state["epoch"] + 1
+        return first if first < epochs else None
 
     def seed_epoch(self, phase_index: int, epoch: int, loader, generator: torch.Generator) -> int:
         """Seed every RNG the epoch uses from (seed, phase, epoch, rank); returns that seed."""
@@ -238,8 +254,10 @@ class TrialRun:
     def report(self, metrics: dict, *, phase_index: int, epoch: int, optimizer, scheduler, updates: int,
                classifier: nn.Module | None = None) -> None:
         """Report this epoch's metrics (all ranks) with a checkpoint (rank 0) when one is due."""
-        if self.speedup is None:  # rank 0's metrics are the ones Ray keeps
-            self.speedup = speedup_estimate(self.cfg.model, self.cfg.masking.alpha) if self.worker.rank == 0 else 0.0
+        if self.speedup is None:  # rank 0's metrics are the ones Ray keeps; no pre-training, no speed-up
+            pretrained = self.cfg.pretrain.epochs > 0
+            self.speedup = (speedup_estimate(self.cfg.model, self.cfg.masking.alpha) if pretrained else float("nan")) \
+                if self.worker.rank == 0 else 0.0
         start = time.perf_counter()
         _, name, phase = self.phases[phase_index]
         last_epoch = epoch + 1 == phase.epochs
@@ -304,6 +322,7 @@ class TrialRun:
             self.report({"train_loss": stats.loss, "top1": 0.0, "top5": 0.0, "val_loss": 0.0,
                          "images_per_s": stats.images / stats.seconds, "epoch_time_s": stats.seconds,
                          "fallback": stats.fallback, "fallback_frac": stats.fallback / max(stats.images, 1),
+                         "recon_zero_loss": stats.zero_loss, **stats.alpha,
                          "lr": max(g["lr"] for g in optimizer.param_groups)},
                         phase_index=phase_index, epoch=epoch, optimizer=optimizer, scheduler=scheduler,
                         updates=(epoch + 1) * len(loader))
@@ -311,8 +330,10 @@ class TrialRun:
     def transfer(self, phase_index: int, start: int) -> None:
         cfg, device = self.cfg, self.worker.device
         _, name, phase = self.phases[phase_index]
-        train_set, num_classes = build_classification_dataset(phase.data, img_size=cfg.model.img_size,
-                                                              split="train", train=True)
+        train_set, num_classes = build_classification_dataset(phase.data, img_size=cfg.model.img_size, split="train",
+                                                              train=True, crop_scale=phase.crop_scale,
+                                                              hflip=phase.hflip)
+        train_set = labelled_subset(train_set, phase.train_images)
         val_set, _ = build_classification_dataset(phase.data, img_size=cfg.model.img_size, split="val", train=False)
         loader, loader_generator, global_batch = self.train_loader(train_set, phase_index)
         val_loader = self.eval_loader(val_set, phase)
@@ -329,10 +350,11 @@ class TrialRun:
         if resume:
             optimizer.load_state_dict(resume["train_state"]["optimizer"])
             scheduler.load_state_dict(resume["train_state"]["scheduler"])
+        loss_fn = ClassificationLoss(phase, num_classes)
         for epoch in range(start, phase.epochs):
             self.seed_epoch(phase_index, epoch, loader, loader_generator)
             stats = train_classifier_epoch(model, loader, optimizer, scheduler, phase=name, epoch=epoch,
-                                           first_update=epoch * len(loader), device=device,
+                                           first_update=epoch * len(loader), device=device, loss_fn=loss_fn,
                                            on_step=self.on_step(name))
             eval_start = time.perf_counter()
             scores = evaluate(model, val_loader, device=device)

@@ -16,7 +16,7 @@ import torch.distributed as dist
 from torch import nn
 
 from objmae_ray.config import MaskingConfig
-from objmae_ray.method.masking import Masks, sample_masks
+from objmae_ray.method.masking import ALPHA_STATS, Masks, sample_masks
 
 StepHook = Callable[[int, int], None]  # (epoch, step) -> None, called before each step (fault injection in tests)
 
@@ -34,6 +34,8 @@ class EpochStats:
     steps: int
     seconds: float
     fallback: int = 0  # pre-train only: images with no eligible object (whole image used)
+    zero_loss: float = 0.0  # pre-train only: the loss of predicting zeros on the same targets (mean per image)
+    alpha: dict[str, float] | None = None  # pre-train only: what alpha did, means per image (Masks.alpha_sums)
 
 
 def autocast(device: torch.device):
@@ -76,6 +78,7 @@ def sample_batch_masks(batch: dict, *, num_patches: int, masking: MaskingConfig,
         saliency=batch.get("saliency"),
         min_ratio=masking.min_ratio,
         cam_threshold=masking.cam_threshold,
+        cam_select=masking.cam_select or "topk",
         generator=generator,
         device=device,
     )
@@ -89,10 +92,14 @@ def pretrain_epoch(model: nn.Module, loader: Iterable[dict], optimizer: torch.op
 
     `first_update` is the global index of this epoch's first optimiser update (for the per-update
     lr schedule); `generator` lives on `device` and is already seeded for (seed, epoch, rank).
+    Besides the loss, the epoch measures the loss of predicting zeros on the same targets (the baseline a
+    reconstruction must beat) and what alpha did (Masks.alpha_sums), accumulated on the device.
     """
     model.train()
+    core = getattr(model, "module", model)  # DDP wraps the ObjMAE
     start = time.perf_counter()
-    loss_sum, images, fallback, steps = 0.0, 0, 0, 0
+    loss_sum, images, steps = 0.0, 0, 0
+    on_device = torch.zeros(2 + len(ALPHA_STATS), dtype=torch.float64, device=device)  # fallback, zero loss, alpha
     for step, batch in enumerate(loader):
         if on_step is not None:
             on_step(epoch, step)
@@ -101,16 +108,22 @@ def pretrain_epoch(model: nn.Module, loader: Iterable[dict], optimizer: torch.op
         masks = sample_batch_masks(batch, num_patches=num_patches, masking=masking,
                                    generator=generator, device=device)
         with autocast(device):
-            loss, _ = model(imgs, masks.src_idx, masks.tgt_idx, masks.src_valid, masks.tgt_valid)
+            loss, pred = model(imgs, masks.src_idx, masks.tgt_idx, masks.src_valid, masks.tgt_valid)
+        with torch.no_grad():
+            zero = core.forward_loss(imgs, torch.zeros_like(pred), masks.tgt_idx, masks.tgt_valid)
+            on_device += torch.cat([masks.fallback.sum().reshape(1), zero.reshape(1) * imgs.shape[0],
+                                    masks.alpha_sums(num_patches)]).double()
         value = check_finite(loss, phase="pretrain", epoch=epoch, step=step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         loss_sum += value * imgs.shape[0]
         images += imgs.shape[0]
-        fallback += int(masks.fallback.sum())
         steps += 1
-    loss_sum, images, fallback = all_reduce_sums(loss_sum, images, fallback, device=device)
+    loss_sum, images, fallback, zero_sum, *alpha_sums = all_reduce_sums(loss_sum, images, *on_device.tolist(),
+                                                                        device=device)
     seconds = time.perf_counter() - start
-    return EpochStats(loss=loss_sum / max(images, 1), images=int(images), steps=steps,
-                      seconds=seconds, fallback=int(fallback))
+    per_image = max(images, 1)
+    return EpochStats(loss=loss_sum / per_image, images=int(images), steps=steps, seconds=seconds,
+                      fallback=int(fallback), zero_loss=zero_sum / per_image,
+                      alpha={key: value / per_image for key, value in zip(ALPHA_STATS, alpha_sums)})

@@ -46,6 +46,9 @@ def _selection_problems(cfg: TrialConfig) -> list[str]:
                  "object": "object masks (pretrain.data.kind coco or synthetic)",
                  "inter": "object masks (pretrain.data.kind coco or synthetic)"}[selection]
         problems.append(f"masking.selection: {selection!r} needs {needs}, but pretrain.data.kind is {data.kind!r}")
+    if cfg.masking.cam_select and selection != "cam":
+        problems.append(f"masking.cam_select: {cfg.masking.cam_select!r} applies to selection 'cam' only "
+                        f"(masking.selection is {selection!r})")
     if selection == "cam" and not data.cam_cache:
         problems.append("pretrain.data.cam_cache: masking.selection 'cam' needs a CAM cache "
                         "(build it with `objmae-data cam`)")
@@ -59,7 +62,7 @@ def _phase_problems(cfg: TrialConfig) -> list[str]:
         if phase.data.kind != "synthetic" and not phase.data.root:
             problems.append(f"{path}.data.root: required for kind {phase.data.kind!r} "
                             f"(set it, use ${{VAR}}, or --set {path}.data.root=PATH)")
-        if phase.warmup_epochs > phase.epochs:
+        if phase.warmup_epochs > phase.epochs > 0:  # a pre-training of 0 epochs does not run (scratch baseline)
             problems.append(f"{path}.warmup_epochs: {phase.warmup_epochs} is more than epochs ({phase.epochs})")
         if phase.batch_size < workers:
             problems.append(f"{path}.batch_size: {phase.batch_size} is less than one image per worker "
