@@ -6,6 +6,9 @@ Repeats: with `repeats: R` every configuration the sampler proposes runs R times
 with seeds base.seed + 0 .. R-1; the sampler is told the mean of the R results, per objective.
 Grid: `tune.grid_search` cannot be converted to Optuna, so exhaustive ablations use Optuna's
 GridSampler with num_samples = grid size x repeats.
+Study: OptunaSearch keeps the study in the given `BaseStorage` (objmae_ray/sweep/study.py) and loads an
+existing study of the same name. On `--resume`, Tune restores the searcher from its checkpoint and
+`_OptunaSearch.restore` tells FAIL the RUNNING trials no Tune trial continues (a dead driver's).
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from objmae_ray.config import ChoiceParam, SweepSpec
 from objmae_ray.sweep.space import asha_milestones, grid_values, searched
+from objmae_ray.sweep.study import ORPHAN_ATTR, fail_orphans
 
 
 class _OptunaSearch(OptunaSearch):
@@ -30,6 +34,12 @@ class _OptunaSearch(OptunaSearch):
             return
         super().on_trial_result(trial_id, result)
 
+    def restore(self, checkpoint_path: str) -> None:
+        """Tune's restore, then fail the study's RUNNING trials that no restored Tune trial continues."""
+        super().restore(checkpoint_path)
+        live = {t.number for tid, t in self._ot_trials.items() if tid not in self._completed_trials}
+        fail_orphans(self._ot_study, live)
+
 
 class _GridSampler(optuna.samplers.GridSampler):
     """GridSampler without its `study.stop()` once the grid is used up: Tune asks for exactly the grid
@@ -37,6 +47,21 @@ class _GridSampler(optuna.samplers.GridSampler):
 
     def after_trial(self, study, trial, state, values) -> None:
         return None
+
+    def _get_unvisited_grid_ids(self, study) -> list[int]:
+        """Optuna's rule (finished and running points are taken; once all are, the unfinished ones) with the
+        trials fail_orphans marked left out: their points were never run, so a resumed sweep runs them."""
+        visited, running = set(), set()
+        for t in study._storage.get_all_trials(study._study_id, deepcopy=False):
+            if ("grid_id" not in t.system_attrs or ORPHAN_ATTR in t.user_attrs
+                    or not self._same_search_space(t.system_attrs["search_space"])):
+                continue
+            if t.state.is_finished():
+                visited.add(t.system_attrs["grid_id"])
+            elif t.state == optuna.trial.TrialState.RUNNING:
+                running.add(t.system_attrs["grid_id"])
+        every = set(range(self._n_min_trials))
+        return list(every - visited - running or every - visited)
 
 
 class _Repeater(Repeater):
@@ -83,15 +108,16 @@ def build_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
     return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.n_startup_trials)
 
 
-def build_search(spec: SweepSpec, storage: optuna.storages.BaseStorage | None = None) -> ConcurrencyLimiter:
+def build_search(spec: SweepSpec, storage: optuna.storages.BaseStorage | None = None,
+                 study_name: str | None = None) -> ConcurrencyLimiter:
     """OptunaSearch over the spec's objectives (+ repeats), limited to spec.concurrency live trials; the
-    study (named after spec.study) lives in `storage` (default: Optuna's in-memory storage)."""
+    study (named study_name, default spec.study) lives in `storage` (default: Optuna's in-memory storage)."""
     metrics = [o.metric for o in spec.objectives]
     modes = [o.mode for o in spec.objectives]
     multi = len(metrics) > 1
     searcher = _OptunaSearch(space=optuna_space(spec), metric=metrics if multi else metrics[0],
                              mode=modes if multi else modes[0], sampler=build_sampler(spec),
-                             study_name=spec.study, storage=storage)
+                             study_name=study_name or spec.study, storage=storage)
     if spec.repeats > 1:
         searcher = _Repeater(searcher, repeat=spec.repeats, set_index=True)
     return ConcurrencyLimiter(searcher, max_concurrent=spec.concurrency)
