@@ -75,3 +75,18 @@ def test_storage_problems_are_one_line(tmp_path, monkeypatch):
         rundir.check_storage(f"s3://{BUCKET}/objmae")
     assert "\n" not in str(err.value) and f"AWS_ENDPOINT_URL={closed}" in str(err.value)
     rundir.check_storage(str(tmp_path))  # local storage: nothing to check
+
+
+def test_sweep_refuses_bad_storage_before_ray(tmp_path, monkeypatch, capsys):
+    """objmae-sweep --storage s3://... with an unreachable endpoint: one line, exit 2, before any trial."""
+    from objmae_ray.cli import sweep_main
+    from test_sweep_tuner import tiny_spec
+
+    spec_file = tiny_spec(tmp_path, "s", "sampler: {kind: grid}\nsearch_space:\n  padding: {choices: [zero]}\n")
+    closed = f"http://127.0.0.1:{free_port()}"
+    for key, value in {"AWS_ENDPOINT_URL": closed, "AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y",
+                       "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    assert sweep_main([str(spec_file), "--storage", f"s3://{BUCKET}/objmae", "--name", "never"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: s3://{BUCKET}: ") and f"AWS_ENDPOINT_URL={closed}" in err

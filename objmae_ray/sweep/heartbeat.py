@@ -13,6 +13,7 @@ import time
 
 from ray import tune
 
+from objmae_ray.errors import ConfigError
 from objmae_ray.sweep.rundir import upload_local, write_driver_state
 
 HEARTBEAT_S = 30
@@ -30,15 +31,23 @@ class RunHeartbeat(tune.Callback):
         self._beat()
 
     def _beat(self) -> None:
-        write_driver_state(self.run, "running", heartbeat_s=HEARTBEAT_S)
         self._last = time.monotonic()
+        _quietly(write_driver_state, self.run, "running", heartbeat_s=HEARTBEAT_S)
 
     def on_step(self, iteration: int, trials: list, **info) -> None:
         if time.monotonic() - self._last >= HEARTBEAT_S:
             self._beat()
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
-        upload_local(self.run)
+        _quietly(upload_local, self.run)
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        upload_local(self.run)
+        _quietly(upload_local, self.run)
+
+
+def _quietly(write, *args, **kwargs) -> None:
+    """A storage hiccup costs one heartbeat or copy (said in one line), never the sweep."""
+    try:
+        write(*args, **kwargs)
+    except ConfigError as err:
+        print(f"warning: {err}", flush=True)

@@ -5,6 +5,7 @@
                              into the run directory after every finished trial and at the end)
   open_storage(url)          optuna RDBStorage; ConfigError naming the URL (password hidden) when it cannot be
                              opened, so a bad URL is refused before Ray starts
+  name_objectives            the objectives' metric names on the study (the dashboard's axis labels)
   fail_orphans(study, live)  on --resume: RUNNING trials that no Tune trial will continue are told FAIL
   study_for_reading(run)     the run's study for `status`, `dashboard` and the report (None: a run made before
                              studies were stored)
@@ -15,6 +16,7 @@ and `--resume` reopens the same study (OptunaSearch loads an existing study of t
 from __future__ import annotations
 
 import tempfile
+import warnings
 from pathlib import Path
 
 import optuna
@@ -55,6 +57,13 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     except Exception as err:  # noqa: BLE001 -- sqlalchemy / driver errors of every kind: one line
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise ConfigError(f"optuna_storage {safe_url(url)}: cannot open the study database ({reason})") from None
+
+
+def name_objectives(storage: optuna.storages.BaseStorage, study_name: str, metrics: list[str]) -> None:
+    """Record the objectives' metric names on the study (optuna-dashboard labels its axes with them)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.load_study(study_name=study_name, storage=storage).set_metric_names(metrics)
 
 
 def fail_orphans(study: optuna.Study, live: set[int]) -> list[int]:

@@ -12,6 +12,7 @@ runs. mlflow is imported only where it is used: the rest of the sweep runs witho
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -53,6 +54,21 @@ def flat_params(config: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
+def _guarded(method):
+    """An MLflow error (tracking server down, ...) is printed in one line; the sweep goes on untracked for
+    that event rather than failing."""
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except ConfigError:
+            raise
+        except Exception as err:  # noqa: BLE001 -- MLflow raises many types; tracking must not end the sweep
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            print(f"warning: MLflow {self.uri}: {method.__name__}: {reason}", flush=True)
+    return wrapper
+
+
 class MlflowTracking(tune.Callback):
     """Parent run per sweep, child run per trial (see the module docstring)."""
 
@@ -87,6 +103,7 @@ class MlflowTracking(tune.Callback):
                        "parent_run_id": parent.info.run_id, "trials": {}}
         self._save()
 
+    @_guarded
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
         client = self._client()
         run_id = self._state["trials"].get(trial.trial_id)
@@ -105,6 +122,7 @@ class MlflowTracking(tune.Callback):
         self._state["trials"][trial.trial_id] = child.info.run_id
         self._save()
 
+    @_guarded
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
         from mlflow.entities import Metric
 
@@ -125,10 +143,12 @@ class MlflowTracking(tune.Callback):
             client.set_tag(run_id, key, value)
         client.set_terminated(run_id, status)
 
+    @_guarded
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         done = (trial.last_result or {}).get("done") is True
         self._end(trial, "FINISHED", **{"objmae.status": "done" if done else "stopped"})
 
+    @_guarded
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         try:
             reason = failure_reason(trial.get_error())
@@ -136,6 +156,7 @@ class MlflowTracking(tune.Callback):
             reason = failure_reason(err)
         self._end(trial, "FAILED", **{"objmae.status": "error", "objmae.error": reason})
 
+    @_guarded
     def on_experiment_end(self, trials: list, **info) -> None:
         if self._state.get("parent_run_id"):
             self._client().set_terminated(self._state["parent_run_id"], "FINISHED")

@@ -25,6 +25,7 @@ run directory's logs/workers.log (`verbose` also prints it).
 """
 from __future__ import annotations
 
+import shutil
 from typing import Callable
 
 import ray
@@ -41,7 +42,7 @@ from objmae_ray.sweep.rundir import (STUDY_FILE, WORKER_LOG, check_storage, defa
                                      upload_local, write_driver_state)
 from objmae_ray.sweep.search import build_search, build_trial_scheduler
 from objmae_ray.sweep.space import TRIAL_INDEX, base_trial, num_configurations, trial_from_tune_config
-from objmae_ray.sweep.study import open_storage, safe_url, study_url
+from objmae_ray.sweep.study import name_objectives, open_storage, safe_url, study_url
 from objmae_ray.sweep.tracking import MlflowTracking, mlflow_client
 from objmae_ray.train.trial import tune_trainable
 
@@ -134,6 +135,8 @@ def preflight(spec: SweepSpec, storage: str | None = None) -> None:
 def open_study(spec: SweepSpec, path: str, resume: bool = False):
     """The Optuna storage of the run's study (study.py); a resumed remote run first fetches its SQLite copy."""
     local = local_dir(path) / STUDY_FILE
+    if is_remote(path) and not resume:  # a new run: a cache left by an earlier run of that name is stale
+        shutil.rmtree(local_dir(path), ignore_errors=True)
     if resume and not spec.optuna_storage and is_remote(path) and not local.exists() and exists(join(path, STUDY_FILE)):
         download(join(path, STUDY_FILE), local)
     return open_storage(study_url(spec, path))
@@ -180,6 +183,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, name: str | None =
             save_spec(spec, path)
             tuner = build_tuner(spec, name=name, storage=storage, trainable=trainable, study=study,
                                 callbacks=sweep_callbacks(spec, path, echo))
+            name_objectives(study, name, [o.metric for o in spec.objectives])
         echo(f"{'resuming' if resume else 'running'} {path} (worker output: {join(path, WORKER_LOG)})")
         echo(f"Optuna study {name}: {safe_url(study_url(spec, path))}; live view: objmae-sweep dashboard {path}")
         return path, _fit(tuner, spec, path)
