@@ -43,8 +43,9 @@ def test_too_few_trials_say_so(tmp_path):
     spec = load_spec(SMOKE)
     made, numbers = study_figures(smoke_study(MIN_IMPORTANCE_TRIALS - 1), spec, tmp_path)
     assert set(made.values()) == {"parallel_coordinates.png"} and not (tmp_path / "importance.png").exists()
-    assert numbers["skipped"] == {"hyper-parameter importance": f"{MIN_IMPORTANCE_TRIALS - 1} completed trial(s) in the "
-                                  f"study; {EVALUATOR} needs at least {MIN_IMPORTANCE_TRIALS} (5 in the top quantile)"}
+    reason = (f"{MIN_IMPORTANCE_TRIALS - 1} completed trial(s) in the study; {EVALUATOR} needs at least "
+              f"{MIN_IMPORTANCE_TRIALS} (5 in the top quantile)")
+    assert numbers["skipped"] == {"hyper-parameter importance": reason}
     made, numbers = study_figures(smoke_study(1, name="one"), spec, tmp_path / "x")
     assert made == {} and "needs at least 2" in numbers["skipped"]["parallel coordinates"]
     made, numbers = study_figures(None, spec, tmp_path)

@@ -50,7 +50,7 @@ def test_status_lists_runs_of_a_storage_local_and_s3(s3_env, run_dir, capsys):
     tune_state(str(run_dir), {"a0": "TERMINATED"})
     assert sweep_main(["status", str(run_dir.parent)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out == [f"exp-1  study exp: interrupted (or running without a heartbeat); trials 1/6 finished",
+    assert out == ["exp-1  study exp: interrupted (or running without a heartbeat); trials 1/6 finished",
                    "  best so far: top1 65 ± 7.071 (2 run(s)): alpha=0.25",
                    f"  report: none yet (objmae-report {run_dir})", f"  path: {run_dir}"]
     uri = f"s3://{BUCKET}/status/exp-1"

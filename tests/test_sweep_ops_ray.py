@@ -167,7 +167,8 @@ def test_s3_chain_sweep_interrupt_resume_export_report(ray_session, tmp_path):
             assert len(load_file(str(tmp_path / "best" / "encoder.safetensors"))) > 0
 
             report = cli(run, "--no-figures", entry="report_main")
-            assert report.returncode == 0 and report.stdout.startswith(f"report written to {run}/report "), report.stderr
+            assert report.returncode == 0, report.stderr
+            assert report.stdout.startswith(f"report written to {run}/report ")
 
             status = cli("status", storage, env=env, timeout=120)
             assert status.returncode == 0 and status.stdout.splitlines()[0] == \

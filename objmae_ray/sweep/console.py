@@ -77,7 +77,8 @@ class TrialEvents(tune.Callback):
         point = (int(result["phase_index"]), int(result["epoch"]))
         previous = self._last.get(trial.trial_id)
         if previous is not None and point <= previous:
-            self._line(trial, f"restarted after a worker loss: from {result.get('phase', 'phase')} epoch {point[1] + 1}")
+            phase = result.get("phase", "phase")
+            self._line(trial, f"restarted after a worker loss: from {phase} epoch {point[1] + 1}")
         self._last[trial.trial_id] = point
         cfg = trial_from_tune_config(trial.config)
         phases = [cfg.pretrain, *cfg.transfer]
@@ -119,8 +120,8 @@ class _StatusTable(tune.CLIReporter):
 def status_reporter(spec: SweepSpec, interval_s: float = TABLE_INTERVAL_S) -> tune.CLIReporter:
     """Tune's status table of the sweep: searched values and objectives, sorted by the first objective."""
     first = spec.objectives[0]
-    return _StatusTable(parameter_columns={p: short_name(p) for p in searched(spec)},
-                        metric_columns={o.metric: o.metric for o in spec.objectives} | {"training_iteration": "reports"},
+    metrics = {o.metric: o.metric for o in spec.objectives} | {"training_iteration": "reports"}
+    return _StatusTable(parameter_columns={p: short_name(p) for p in searched(spec)}, metric_columns=metrics,
                         max_report_frequency=interval_s, print_intermediate_tables=True, sort_by_metric=True,
                         metric=first.metric, mode=first.mode, max_column_length=12)
 

@@ -332,7 +332,8 @@ def trial_dirs(run_dir: str | Path) -> list[TrialDir]:
 
 
 def _errored(trial_dir: str) -> bool:
-    """Tune's error.txt stays after `--resume` finishes the trial: an error counts only if nothing was reported after it."""
+    """Tune's error.txt stays after `--resume` finishes the trial: an error counts only if nothing was reported
+    after it."""
     error, result = _info(join(trial_dir, "error.txt")), _info(join(trial_dir, "result.json"))
     if error.type == pafs.FileType.NotFound:
         return False

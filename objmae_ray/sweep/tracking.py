@@ -77,8 +77,9 @@ class MlflowTracking(tune.Callback):
         self.uri = spec.tracking.mlflow.uri
         self.experiment = spec.tracking.mlflow.experiment or spec.study
         self.run = run
+        objectives = ",".join(f"{o.metric}:{o.mode}" for o in spec.objectives)
         self.sweep_params = {"study": spec.study, "sampler": spec.sampler.kind, "configurations": spec.num_samples,
-                             "repeats": spec.repeats, "objectives": ",".join(f"{o.metric}:{o.mode}" for o in spec.objectives)}
+                             "repeats": spec.repeats, "objectives": objectives}
         self._state: dict[str, Any] = {}
 
     def _client(self):

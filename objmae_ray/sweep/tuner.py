@@ -34,12 +34,12 @@ from ray import tune
 from objmae_ray.config import SweepSpec
 from objmae_ray.errors import ConfigError
 from objmae_ray.sweep.cluster import DRIVER_RESOURCE
-from objmae_ray.sweep.plan import plan
 from objmae_ray.sweep.console import TrialEvents, route_worker_output, status_reporter, tune_console
 from objmae_ray.sweep.heartbeat import RunHeartbeat
+from objmae_ray.sweep.plan import plan
 from objmae_ray.sweep.rundir import (STUDY_FILE, WORKER_LOG, check_storage, default_name, download, exists, is_remote,
-                                     join, latest_run, local_dir, run_path, save_spec, storage_env, storage_uri, trial_statuses,
-                                     upload_local, write_driver_state)
+                                     join, latest_run, local_dir, run_path, save_spec, storage_env, storage_uri,
+                                     trial_statuses, upload_local, write_driver_state)
 from objmae_ray.sweep.search import build_search, build_trial_scheduler
 from objmae_ray.sweep.space import TRIAL_INDEX, base_trial, num_configurations, trial_from_tune_config
 from objmae_ray.sweep.study import name_objectives, open_storage, safe_url, study_url
