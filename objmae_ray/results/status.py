@@ -58,7 +58,7 @@ def _best(run: str, spec) -> str:
     if not rows or rows[0].mean.get(key) is None:
         return "none yet"
     row = rows[0]
-    spread = f" ± {row.std[key]:.4g}" if row.std.get(key) is not None else ""
+    spread = f" ± {row.std[key]:.4g}" if row.std.get(key) is not None and len(row.trials) > 1 else ""
     return f"{objective.metric} {row.mean[key]:.4g}{spread} ({len(row.trials)} run(s)): {describe(row.values)}"
 
 
