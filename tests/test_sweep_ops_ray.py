@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -173,3 +174,31 @@ def test_s3_chain_sweep_interrupt_resume_export_report(ray_session, tmp_path):
             status = cli("status", storage, env=env, timeout=120)
             assert status.returncode == 0 and status.stdout.splitlines()[0] == \
                 "chain  study smoke: finished; trials 2/2 finished", status.stdout + status.stderr
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_status_table_at_an_interval(ray_session, tmp_path, capfd):
+    """Tune's classic status table (searched values, objective, report count) every interval, not per event."""
+    from ray import tune
+
+    from objmae_ray.sweep.console import status_reporter, tune_console
+    from objmae_ray.sweep.spec import load_spec
+
+    def trainable(config):
+        for i in range(4):
+            time.sleep(1.0)
+            tune.report({"top1": 10.0 * i + config["masking.alpha"]})
+
+    spec = load_spec(SMOKE)
+    with tune_console():
+        tune.Tuner(tune.with_resources(trainable, {"cpu": 0.1}),
+                   param_space={"masking.alpha": tune.grid_search([0.25, 0.5]), "masking.padding": "zero",
+                                "masking.selection": "mae"},
+                   run_config=tune.RunConfig(storage_path=str(tmp_path), name="table", verbose=1,
+                                             progress_reporter=status_reporter(spec, interval_s=1.5))).fit()
+    out = capfd.readouterr().out
+    tables = out.count("== Status ==")
+    assert 1 <= tables <= 8, out  # about one per 1.5 s of a run of a few seconds, none for the start or the end
+    assert re.search(r"\|\s+alpha \| padding\s+\| selection\s+\|\s+top1 \|\s+reports \|", out), out
+    assert "started with configuration" not in out  # the new output engine's per-trial tables are off
