@@ -200,7 +200,8 @@ def test_objmae_report_on_a_run_with_checkpoints(trained, tmp_path):
         file.unlink()
     assert main([str(run), "--out", str(tmp_path / "out2")]) == 0
     skipped = json.loads((tmp_path / "out2" / "summary.json").read_text())["skipped"]
-    assert list(skipped) == ["checkpoint figures"] and "objmae.safetensors: not found" in skipped["checkpoint figures"]
+    assert list(skipped) == ["search importance and parallel coordinates", "checkpoint figures"]
+    assert "objmae.safetensors: not found" in skipped["checkpoint figures"]
     assert "checkpoint figures skipped" in (tmp_path / "out2" / "index.html").read_text()
 
 
