@@ -59,3 +59,25 @@ def test_failure_reason_picks_the_error_line():
         "ValueError: bad thing"
     assert failure_reason("x\nobjmae_ray.errors.ConfigError: pretrain.data.root: /nope not found") == \
         "pretrain.data.root: /nope not found"
+
+
+def test_worker_output_goes_to_the_file_and_to_the_terminal_only_with_verbose(tmp_path):
+    """Ray's stream of worker output (the dispatcher `ray.init(log_to_driver=True)` prints from)."""
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    from objmae_ray.sweep.console import route_worker_output
+
+    printed: list[dict] = []
+    batch = {"lines": ["Reporting training result 1: TrainingReport(...)"], "pid": 42, "ip": "10.0.0.1",
+             "actor_name": "RayTrainWorker", "is_err": True}
+    try:
+        for verbose in (False, True):
+            dispatcher.add_handler("ray_print_logs", printed.append)  # stands in for Ray's terminal printer
+            route_worker_output(tmp_path / f"{verbose}" / "workers.log", verbose=verbose)
+            dispatcher.emit(batch)
+            assert (tmp_path / f"{verbose}" / "workers.log").read_text() == \
+                "(RayTrainWorker pid=42, ip=10.0.0.1) Reporting training result 1: TrainingReport(...)\n"
+            assert printed == ([batch] if verbose else [])
+    finally:
+        dispatcher.remove_handler("ray_print_logs")
+        dispatcher.remove_handler("objmae_worker_output")
