@@ -1,6 +1,8 @@
 """Console scripts. Thin: parse, call, print. Each entry point returns a process exit code.
 
   objmae-sweep FILE | validate FILE    objmae_ray/sweep (then the results table and report: objmae_ray/results)
+  objmae-sweep status [RUN | STORAGE]  objmae_ray/results/status.py (no Ray)
+  objmae-sweep dashboard RUN           optuna-dashboard on the run's stored study (objmae_ray/sweep/study.py)
   objmae-export RUN_DIR --out DIR      objmae_ray/results/export.py
   objmae-report RUN_DIR                objmae_ray/results/page.py
   objmae-data ...                      objmae_ray/data/cli.py
@@ -10,7 +12,10 @@ Imports of Ray, torch and the results layer happen inside the commands that need
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import tempfile
+from pathlib import Path
 
 from objmae_ray.errors import ConfigError
 from objmae_ray.sweep.cluster import capacity_problems, config_node_types, load_cluster_config, trial_fits
@@ -42,6 +47,14 @@ def _sweep_parser() -> argparse.ArgumentParser:
                         help="continue an interrupted run (--name, default the newest of this study)")
     parser.add_argument("--cluster", default=None, metavar="CLUSTER_YAML",
                         help="also check offline that the trials fit this `ray up` config's node types")
+    parser.add_argument("--optuna-storage", default=None, metavar="URL",
+                        help="Optuna study database (postgresql://..., mysql://...; default: SQLite optuna.db "
+                             "in the run directory)")
+    parser.add_argument("--mlflow", default=None, metavar="URI",
+                        help="log to MLflow at this tracking URI (extra [mlflow]): a parent run per sweep, "
+                             "a child run per trial")
+    parser.add_argument("--verbose", action="store_true",
+                        help="also print Ray's worker output (always in the run's logs/workers.log)")
     return parser
 
 
@@ -66,26 +79,45 @@ def _print_problems(err: Exception) -> int:
 
 
 def _finish_sweep(path: str, spec, results) -> None:
-    """The results table in the run directory, then the paper-form report (local storage)."""
+    """The results table and the paper-form report in the run directory (local or remote); with MLflow,
+    the best trial's export as artifacts."""
     from objmae_ray.results.page import write_report, write_results  # torch + matplotlib: after the sweep
     from objmae_ray.results.records import records_from_results
 
     print(write_results(path, spec, records_from_results(results)))
-    if "://" not in path:
-        try:
-            print(f"report: {write_report(path) / 'index.html'}")
-        except Exception as err:  # noqa: BLE001 -- a figure failing must not fail a finished sweep
-            print(f"report skipped: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+    try:
+        print(f"report: {write_report(path)}/index.html")
+    except Exception as err:  # noqa: BLE001 -- a figure failing must not fail a finished sweep
+        print(f"report skipped: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+    if spec.tracking.mlflow:
+        _log_best_to_mlflow(path)
+
+
+def _log_best_to_mlflow(path: str) -> None:
+    """Export the best trial into a temporary directory and log it to the sweep's MLflow runs."""
+    from objmae_ray.results.export import export_best  # torch + timm: after the sweep
+    from objmae_ray.sweep.tracking import log_best  # Ray + mlflow: only with tracking
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="objmae-mlflow-") as out:
+            export_best(path, out)
+            trial_id = json.loads((Path(out) / "metrics.json").read_text())["trial_id"]
+            print(f"MLflow: best trial {trial_id}'s encoder logged to run {log_best(path, out, trial_id)}")
+    except ConfigError as err:
+        print(f"MLflow: best trial not logged: {err}")
 
 
 def sweep_main(argv: list[str] | None = None) -> int:
     """`objmae-sweep FILE [--address ...] [--set k=v ...] [--resume] [--name N] [--storage P]` or
     `objmae-sweep validate FILE [--set k=v ...] [--cluster cluster/gpu.yaml]` -- see objmae_ray/sweep/."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _SWEEP_COMMANDS:
+        return _SWEEP_COMMANDS[argv[0]](argv[1:])
     validate_only = bool(argv) and argv[0] == "validate"
     args = _sweep_parser().parse_args(argv[1:] if validate_only else argv)
     if args.storage:
         args.overrides.append(f"storage={args.storage}")
+    args.overrides += _tracking_overrides(args)
     try:
         spec = load_spec(args.file, args.overrides)
         cluster_line = _check_cluster_file(args.file, spec, args.cluster) if args.cluster else None
@@ -95,7 +127,8 @@ def sweep_main(argv: list[str] | None = None) -> int:
             return 0
         from objmae_ray.sweep.tuner import run_sweep, unfinished_trials  # Ray: only when a sweep runs
 
-        path, results = run_sweep(spec, address=args.address, name=args.name, resume=args.resume)
+        path, results = run_sweep(spec, address=args.address, name=args.name, resume=args.resume,
+                                  verbose=args.verbose)
         _finish_sweep(path, spec, results)
     except ConfigError as err:
         return _print_problems(err)
@@ -110,10 +143,75 @@ def sweep_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _tracking_overrides(args: argparse.Namespace) -> list[str]:
+    """--optuna-storage and --mlflow as --set overrides of the spec."""
+    out = []
+    if args.optuna_storage:
+        out.append(f"optuna_storage={args.optuna_storage}")
+    if args.mlflow:
+        out.append(f"tracking.mlflow.uri={args.mlflow}")
+    return out
+
+
+def _status_main(argv: list[str]) -> int:
+    """`objmae-sweep status [RUN | STORAGE]`: each run's study, state, trials, best so far, report (no Ray)."""
+    parser = argparse.ArgumentParser(prog="objmae-sweep status", description=_status_main.__doc__)
+    parser.add_argument("target", nargs="?", default="runs",
+                        help="a run directory or a storage path holding runs (local or s3://; default ./runs)")
+    args = parser.parse_args(argv)
+    from objmae_ray.results.status import status_lines  # records + tables: only for this command
+
+    try:
+        print("\n".join(status_lines(args.target)))
+    except ConfigError as err:
+        return _print_problems(err)
+    return 0
+
+
+def _dashboard_main(argv: list[str]) -> int:
+    """`objmae-sweep dashboard RUN [--port P]`: optuna-dashboard on the run's stored study, on loopback."""
+    parser = argparse.ArgumentParser(prog="objmae-sweep dashboard", description=_dashboard_main.__doc__)
+    parser.add_argument("run_dir", help="the sweep's run directory (<storage>/<name>, local or s3://)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    parser.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    args = parser.parse_args(argv)
+    from objmae_ray.sweep.rundir import is_remote, require_run, run_name  # pyarrow + optuna: only for this command
+    from objmae_ray.sweep.study import open_storage, stored_study_url
+
+    try:
+        run = require_run(args.run_dir)
+        url = stored_study_url(run)
+        if url is None:
+            raise ConfigError(f"{run}: no Optuna study database (the run was made before studies were stored); "
+                              f"nothing was changed")
+        try:
+            import optuna_dashboard
+        except ImportError:
+            raise ConfigError("optuna-dashboard is not installed (pip install 'objmae-ray[dashboard]')") from None
+        storage = open_storage(url)
+        study_id = storage.get_study_id_from_name(run_name(run))
+    except KeyError:
+        return _print_problems(ConfigError(f"{args.run_dir}: its study database holds no study {run_name(run)!r}"))
+    except ConfigError as err:
+        return _print_problems(err)
+    snapshot = " (a copy of the study as of now: restart to refresh)" if is_remote(run) and "sqlite" in url else ""
+    print(f"optuna-dashboard: http://{args.host}:{args.port}/dashboard/studies/{study_id}{snapshot}", flush=True)
+    try:
+        optuna_dashboard.run_server(storage, host=args.host, port=args.port)
+    except OSError as err:
+        return _print_problems(ConfigError(f"--port {args.port}: cannot serve ({err.strerror or err})"))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+_SWEEP_COMMANDS = {"status": _status_main, "dashboard": _dashboard_main}
+
+
 def _run_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """A parser whose first argument is a sweep's run directory."""
     parser = argparse.ArgumentParser(prog=prog, description=description)
-    parser.add_argument("run_dir", help="the sweep's run directory (<storage>/<name>)")
+    parser.add_argument("run_dir", help="the sweep's run directory (<storage>/<name>: local, NFS or s3://)")
     return parser
 
 
@@ -147,7 +245,7 @@ def report_main(argv: list[str] | None = None) -> int:
         out = write_report(args.run_dir, args.out, num_images=args.images, with_figures=not args.no_figures)
     except ConfigError as err:
         return _print_problems(err)
-    print(f"report written to {out} (open {out / 'index.html'})")
+    print(f"report written to {out} (open {out}/index.html)")
     return 0
 
 

@@ -270,6 +270,19 @@ class EstimateSpec(_Strict):
     transfer_images: Optional[int] = Field(None, gt=0)
 
 
+class MlflowSpec(_Strict):
+    """MLflow tracking (extra `[mlflow]`): one parent run per sweep, one child run per trial."""
+
+    uri: str = Field(min_length=1)  # tracking URI: http(s)://server, sqlite:///mlflow.db, file:/path
+    experiment: Optional[str] = None  # default: the study name
+
+
+class TrackingSpec(_Strict):
+    """Experiment trackers the sweep logs to besides its run directory."""
+
+    mlflow: Optional[MlflowSpec] = None
+
+
 class RangeParam(_Strict):
     """A float or int range (Optuna FloatDistribution / IntDistribution)."""
 
@@ -354,6 +367,8 @@ class SweepSpec(_Strict):
     concurrency: int = Field(1, gt=0)
     scheduler: SchedulerSpec = SchedulerSpec()
     storage: str = "runs"  # local dir, NFS mount or s3://bucket/prefix (multi-node needs shared storage)
+    optuna_storage: Optional[str] = None  # Optuna RDB URL (postgresql://, mysql://); default: SQLite in the run dir
+    tracking: TrackingSpec = TrackingSpec()
     driver_cpus: float = Field(0.1, gt=0)
     budget: BudgetSpec = BudgetSpec()
     estimate: EstimateSpec = EstimateSpec()

@@ -15,6 +15,7 @@ from objmae_ray.config import TrialConfig
 from objmae_ray.errors import ConfigError
 from objmae_ray.method.model import create_objmae, get_preset, timm_vit_name
 from objmae_ray.results.export import encoder_state, export_best
+from s3_helpers import BUCKET, s3_env  # noqa: F401 -- s3_env is a fixture
 
 def test_export_picks_best_final_metric_and_loads_into_timm(run_dir, tmp_path):
     out = tmp_path / "export"
@@ -68,10 +69,45 @@ def test_vit_small_encoder_loads_into_named_timm_model():
 
 def test_export_errors_are_one_line(tmp_path, run_dir, capsys):
     assert export_main([str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
-    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'nope'}: run directory not found " \
-                                              "(remote storage: copy it locally first)"
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'nope'}: run directory not found"
     with pytest.raises(ConfigError, match="no trial reported 'accuracy'"):
         export_best(run_dir, tmp_path / "o", metric="accuracy", mode="max")
     (run_dir / "train-a1" / "checkpoint_2" / "objmae.safetensors").unlink()
     with pytest.raises(ConfigError, match="checkpoint_2/objmae.safetensors: not found"):
         export_best(run_dir, tmp_path / "o")
+
+
+def test_export_report_and_results_read_and_write_s3_runs_in_place(s3_env, run_dir, tmp_path, capsys):
+    """A run on S3 (moto on loopback), checkpoint paths as Ray reports them there (bucket/key, no scheme):
+    objmae-export reads it in place and writes the same encoder as from the local copy; objmae-report and
+    the results table write into the run directory in the bucket."""
+    from objmae_ray.cli import report_main
+    from objmae_ray.results.page import write_report, write_results
+    from objmae_ray.results.records import records_from_dir
+    from objmae_ray.sweep import rundir
+    from objmae_ray.sweep.rundir import load_run_spec
+
+    uri = f"s3://{BUCKET}/objmae/{run_dir.name}"
+    rundir.upload(run_dir, uri)
+    for trial in rundir.trial_dirs(uri):  # Ray's checkpoint_path on S3: the key inside the bucket
+        text = rundir.read_text(f"{trial.path}/result.json")
+        rundir.write_text(f"{trial.path}/result.json", text.replace(str(run_dir), f"{BUCKET}/objmae/{run_dir.name}"))
+    assert export_main([uri, "--out", str(tmp_path / "remote")]) == 0
+    export_best(run_dir, tmp_path / "local")
+    remote, local = load_file(str(tmp_path / "remote" / "encoder.safetensors")), \
+        load_file(str(tmp_path / "local" / "encoder.safetensors"))
+    assert remote.keys() == local.keys() and all(torch.equal(remote[k], local[k]) for k in local)
+    meta = json.loads((tmp_path / "remote" / "metrics.json").read_text())
+    assert meta["trial_id"] == "a1" and meta["checkpoint"] == f"{uri}/train-a1/checkpoint_2"
+    assert (tmp_path / "remote" / "classifier.safetensors").is_file()
+
+    capsys.readouterr()
+    assert report_main([uri, "--no-figures"]) == 0
+    assert capsys.readouterr().out.startswith(f"report written to {uri}/report ")
+    page = rundir.read_text(f"{uri}/report/index.html")
+    assert "<h1>ObjMAE sweep: exp</h1>" in page and "4 trials (4 done)" in page
+    local_report = write_report(run_dir, tmp_path / "local-report", with_figures=False)
+    assert rundir.read_text(f"{uri}/report/table4_alpha.md") == (local_report / "table4_alpha.md").read_text()
+    text = write_results(uri, load_run_spec(uri), records_from_dir(uri))
+    assert rundir.read_text(f"{uri}/results.md") == text.split("\nwritten: ")[0]
+    assert rundir.read_bytes(f"{uri}/pareto.png")[:4] == b"\x89PNG"

@@ -109,3 +109,5 @@ def test_searcher_never_hands_out_the_same_trial_twice(tmp_path):
     for trial in complete:
         by_point.setdefault((trial.params["masking.alpha"], trial.params["masking.padding"]), set()).add(trial.value)
     assert all(len(values) == 1 for values in by_point.values())  # a point always scored the same
+    duplicates = [t for t in complete if "objmae_duplicate_of" in t.user_attrs]
+    assert len(complete) - len(duplicates) == 14  # the proposals that repeated a trial are marked as such

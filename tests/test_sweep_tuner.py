@@ -11,10 +11,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
+from optuna.trial import TrialState
 
 from objmae_ray.results.records import records_from_dir
-from objmae_ray.sweep.rundir import trial_statuses
+from objmae_ray.sweep.rundir import STUDY_FILE, trial_statuses
+from objmae_ray.sweep.study import ORPHAN_ATTR
 from objmae_ray.sweep.spec import load_spec
 from objmae_ray.sweep.tuner import run_sweep, unfinished_trials
 
@@ -126,6 +129,12 @@ def test_grid_survives_killed_driver(ray_session, tmp_path):
         assert Path(records[tid].path, "result.json").read_text() == results_before[tid]
         assert [r["phase"] for r in records[tid].history] == ["pretrain", "finetune"]
     assert all(r.status == "done" for r in records.values())
+    # the stored study tells the truth: every grid point complete, nothing left RUNNING by the dead driver
+    study = optuna.load_study(study_name="grid-kill", storage=f"sqlite:///{run / STUDY_FILE}")
+    complete = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert sorted(t.params["masking.padding"] for t in complete) == ["random", "replicate", "zero"]
+    assert not study.get_trials(states=(TrialState.RUNNING,))
+    assert all(ORPHAN_ATTR in t.user_attrs for t in study.get_trials(states=(TrialState.FAIL,)))
 
 
 @pytest.mark.slow

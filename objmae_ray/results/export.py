@@ -11,12 +11,15 @@ its metrics and a short model card.
 The best trial is the one with the best *final* value of the metric (default: the sweep's first
 objective), read from the trial directories' result.json; its weights come from the checkpoint
 directory of its last report carrying one (`checkpoint_path`, reported by Tune's
-TuneReportCallback). Only JSON and safetensors are read: nothing is unpickled.
+TuneReportCallback). Only JSON and safetensors are read: nothing is unpickled. RUN_DIR may be remote
+(s3://bucket/prefix/run): its files are read in place and the one checkpoint is copied to a temporary
+directory (objmae_ray/sweep/rundir.py; credentials from the AWS environment variables).
 """
 from __future__ import annotations
 
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -27,7 +30,7 @@ from objmae_ray.errors import ConfigError
 from objmae_ray.method.model import ObjMAE, get_preset, timm_vit_name
 from objmae_ray.results.records import TrialRecord, records_from_dir
 from objmae_ray.results.stats import finite
-from objmae_ray.sweep.rundir import SPEC_FILE, load_run_spec
+from objmae_ray.sweep.rundir import SPEC_FILE, download, exists, is_remote, join, load_run_spec, require_run, run_name
 from objmae_ray.train.checkpoint import objmae_from_checkpoint
 
 ENCODER_FILE, CLASSIFIER_FILE, CONFIG_FILE, METRICS_FILE, CARD_FILE = (
@@ -49,6 +52,11 @@ def best_trial(run_dir: str | Path, metric: str, mode: str) -> TrialRecord:
     if best is None:
         raise ConfigError(f"{run_dir}: no trial reported {metric!r} with a checkpoint")
     return best
+
+
+def local_checkpoint(source: str, scratch: str | Path) -> Path:
+    """A checkpoint directory on local disk: source itself, or a remote one copied under scratch."""
+    return download(source, Path(scratch) / "checkpoint") if is_remote(source) else Path(source)
 
 
 def encoder_state(model: ObjMAE) -> dict:
@@ -103,32 +111,32 @@ against a supervised ViT step of the same preset, not a measured time.
 
 def export_best(run_dir: str | Path, out: str | Path, *, metric: str | None = None,
                 mode: str | None = None) -> Path:
-    """Export the best trial of the sweep in run_dir into out (see module docstring); return out."""
-    run_dir, out = Path(run_dir), Path(out)
-    if not run_dir.is_dir():
-        raise ConfigError(f"{run_dir}: run directory not found (remote storage: copy it locally first)")
-    study = run_dir.name
+    """Export the best trial of the sweep in run_dir (a local path or a URI) into out (see module docstring);
+    return out."""
+    run_dir, out = require_run(str(run_dir)), Path(out)
+    study = run_name(run_dir)
     if metric is None or mode is None:
-        if not (run_dir / SPEC_FILE).is_file():
-            raise ConfigError(f"{run_dir / SPEC_FILE}: not found; pass --metric and --mode")
+        if not exists(join(run_dir, SPEC_FILE)):
+            raise ConfigError(f"{join(run_dir, SPEC_FILE)}: not found; pass --metric and --mode")
         spec = load_run_spec(run_dir)
         study = spec.study
         metric, mode = metric or spec.objectives[0].metric, mode or spec.objectives[0].mode
     record = best_trial(run_dir, metric, mode)
     source = record.checkpoint_dir()
-    model, cfg = objmae_from_checkpoint(source)
+    with tempfile.TemporaryDirectory(prefix="objmae-export-") as scratch:
+        checkpoint = local_checkpoint(source, scratch)
+        model, cfg = objmae_from_checkpoint(checkpoint)
+        out.mkdir(parents=True, exist_ok=True)
+        has_classifier = (checkpoint / CLASSIFIER_FILE).is_file()
+        if has_classifier:
+            shutil.copyfile(checkpoint / CLASSIFIER_FILE, out / CLASSIFIER_FILE)
     timm_name = timm_vit_name(cfg.model.preset, cfg.model.patch_size, cfg.model.img_size)
-
-    out.mkdir(parents=True, exist_ok=True)
     save_file(encoder_state(model), str(out / ENCODER_FILE),
               metadata={"timm_model": timm_name, "source": "objmae-ray", "trial_id": record.trial_id})
-    has_classifier = (source / CLASSIFIER_FILE).is_file()
-    if has_classifier:
-        shutil.copyfile(source / CLASSIFIER_FILE, out / CLASSIFIER_FILE)
     (out / CONFIG_FILE).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     metrics = {k: v for k, v in record.last.items() if isinstance(v, (int, float, str, bool)) or v is None}
     (out / METRICS_FILE).write_text(json.dumps(
         {"trial_id": record.trial_id, "selected_by": {"metric": metric, "mode": mode}, "params": record.params,
-         "checkpoint": str(source), "metrics": metrics}, indent=2, sort_keys=True, default=str))
+         "checkpoint": source, "metrics": metrics}, indent=2, sort_keys=True, default=str))
     (out / CARD_FILE).write_text(_model_card(record, cfg, metrics, metric, timm_name, has_classifier, study))
     return out

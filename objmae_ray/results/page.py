@@ -6,18 +6,23 @@ the run directory (objmae_ray/results/tables.py's results form).
 summary.json (the figures' numbers) and index.html (everything, images embedded):
   pareto.png              top-1 against FLOP speed-up, one point per configuration
   measured_tradeoff.png   top-1 against measured pre-train img/s
+  importance.png          hyper-parameter importance from the stored Optuna study (results/importance.py)
+  parallel_coordinates.png  the study's trials over the searched parameters
   reconstructions.png     Fig. 8 from the best trial's checkpoint on its validation images
   rollout.png             Fig. 10, attention rollout of the best trial's encoder
   object_probe.png        Fig. 2 / 7: one whole object hidden, rebuilt from the rest of the image by the best
                           trial and by the best MAE-selection trial when the run has one, with their rollouts
   object_ratio.png        Fig. 5 of its pre-training data
 A figure that cannot be made is skipped with its one-line reason on the page.
+Remote runs (s3://...) are read in place; both functions write into the run directory there too (the
+report is rendered in a temporary directory, then copied).
 """
 from __future__ import annotations
 
 import base64
 import html
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +30,14 @@ from objmae_ray.config import SweepSpec
 from objmae_ray.data.stats import object_ratio_stats
 from objmae_ray.errors import ConfigError
 from objmae_ray.results import figures, tables
-from objmae_ray.results.export import best_record, best_trial
+from objmae_ray.results.export import best_record, best_trial, local_checkpoint
+from objmae_ray.results.importance import study_figures
 from objmae_ray.results.plots import FLOP_SPEEDUP, MEASURED_THROUGHPUT, plot_tradeoff
 from objmae_ray.results.records import TrialRecord, records_from_dir
 from objmae_ray.results.stats import finite
-from objmae_ray.sweep.rundir import load_run_spec
+from objmae_ray.sweep.rundir import is_remote, join, load_run_spec, require_run, upload, write_text
 from objmae_ray.sweep.space import base_trial, describe, short_name
+from objmae_ray.sweep.study import study_for_reading
 from objmae_ray.train.checkpoint import objmae_from_checkpoint
 
 REPORT_DIR = "report"
@@ -45,29 +52,30 @@ def plot_pareto(rows: list[tables.Row], path: str | Path) -> None:
 
 
 def write_results(run_path: str, spec: SweepSpec, records: list[TrialRecord]) -> str:
-    """Write results.md, results.csv and pareto.png into the run directory (local path); return the table.
-
-    For remote storage (s3://...) the files go to ./<run name>-results/ instead.
-    """
+    """Write results.md, results.csv and pareto.png into the run directory (local or remote); return the table."""
     table = tables.results_table(spec)
     rows = tables.pivot(records, table, spec)
     text = tables.markdown(table, rows)
-    out = Path(run_path) if "://" not in run_path else Path.cwd() / f"{run_path.rstrip('/').rsplit('/', 1)[-1]}-results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / RESULTS_MD).write_text(text)
-    (out / RESULTS_CSV).write_text(tables.csv_text(table, rows))
-    plot_pareto(rows, out / PARETO_PNG)
-    return text + f"\nwritten: {out / RESULTS_MD}, {out / RESULTS_CSV}, {out / PARETO_PNG}"
+    write_text(join(run_path, RESULTS_MD), text)
+    write_text(join(run_path, RESULTS_CSV), tables.csv_text(table, rows))
+    with tempfile.TemporaryDirectory(prefix="objmae-results-") as scratch:
+        plot_pareto(rows, Path(scratch) / PARETO_PNG)
+        upload(Path(scratch) / PARETO_PNG, join(run_path, PARETO_PNG))
+    return text + f"\nwritten: {', '.join(join(run_path, f) for f in (RESULTS_MD, RESULTS_CSV, PARETO_PNG))}"
 
 
 # ---- figures ----------------------------------------------------------------------------------------
-def make_figures(run_dir: Path, spec: SweepSpec, records: list[TrialRecord], out: Path, *,
+def make_figures(run_dir: str, spec: SweepSpec, records: list[TrialRecord], out: Path, *,
                  num_images: int = 4) -> tuple[dict[str, str], dict[str, Any]]:
     """Write the PNGs into out; return ({caption: file name}, numbers). A figure that cannot be made is
-    skipped with its one-line reason in numbers["skipped"] (e.g. checkpoints on remote storage)."""
+    skipped with its one-line reason in numbers["skipped"]."""
     made: dict[str, str] = {}
     numbers: dict[str, Any] = {"skipped": {}}
     _tradeoff_figures(spec, records, out, made, numbers)
+    search_made, search_numbers = study_figures(study_for_reading(run_dir), spec, out)
+    made.update(search_made)
+    numbers["skipped"].update(search_numbers.pop("skipped"))
+    numbers.update(search_numbers)
     _checkpoint_figures(run_dir, spec, out, num_images, made, numbers)
     if "best_trial" in numbers:
         _object_probe(spec, records, out, num_images, made, numbers)
@@ -91,13 +99,14 @@ def _tradeoff_figures(spec: SweepSpec, records: list[TrialRecord], out: Path, ma
         numbers["measured_pareto_front"] = [points[i][2] for i in front]
 
 
-def _checkpoint_figures(run_dir: Path, spec: SweepSpec, out: Path, num_images: int, made: dict,
+def _checkpoint_figures(run_dir: str, spec: SweepSpec, out: Path, num_images: int, made: dict,
                         numbers: dict) -> None:
     """Fig. 8 and Fig. 10 from the best trial's checkpoint on its validation images; Fig. 5 of its data."""
     objective = spec.objectives[0]
     try:
         best = best_trial(run_dir, objective.metric, objective.mode)
-        model, cfg = objmae_from_checkpoint(best.checkpoint_dir())
+        with tempfile.TemporaryDirectory(prefix="objmae-report-") as scratch:
+            model, cfg = objmae_from_checkpoint(local_checkpoint(best.checkpoint_dir(), scratch))
     except ConfigError as err:
         numbers["skipped"]["checkpoint figures"] = str(err)
         return
@@ -150,7 +159,8 @@ def _object_probe(spec: SweepSpec, records: list[TrialRecord], out: Path, num_im
         for label, record in chosen.items():
             if record is None:
                 continue
-            model, cfg = objmae_from_checkpoint(record.checkpoint_dir())
+            with tempfile.TemporaryDirectory(prefix="objmae-report-") as scratch:
+                model, cfg = objmae_from_checkpoint(local_checkpoint(record.checkpoint_dir(), scratch))
             batch, _ = figures.validation_batch(cfg, num_images)
             if "object_patches" not in batch:
                 raise ConfigError(f"pretrain.data.kind {cfg.pretrain.data.kind!r} has no object masks")
@@ -206,16 +216,25 @@ def html_page(spec: SweepSpec, records: list[TrialRecord], tables_html: str, mad
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None, *, num_images: int = 4,
-                 with_figures: bool = True) -> Path:
-    """Paper table (Markdown + CSV), figures and index.html of the run in run_dir, into out (default run_dir/report)."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise ConfigError(f"{run_dir}: run directory not found (remote storage: copy it locally first)")
+                 with_figures: bool = True) -> Path | str:
+    """Paper table (Markdown + CSV), figures and index.html of the run in run_dir (local or remote), into out
+    (default run_dir/report); return the report directory (a Path, or the URI for a remote run)."""
+    run_dir = require_run(str(run_dir))
+    if out is None and is_remote(run_dir):
+        with tempfile.TemporaryDirectory(prefix="objmae-report-") as scratch:
+            _write_report(run_dir, Path(scratch), num_images, with_figures)
+            upload(scratch, join(run_dir, REPORT_DIR))
+        return join(run_dir, REPORT_DIR)
+    out = Path(out) if out is not None else Path(run_dir) / REPORT_DIR
+    _write_report(run_dir, out, num_images, with_figures)
+    return out
+
+
+def _write_report(run_dir: str, out: Path, num_images: int, with_figures: bool) -> None:
     spec = load_run_spec(run_dir)
     records = records_from_dir(run_dir)
     if not records:
         raise ConfigError(f"{run_dir}: no trials found (no trial directory with params.json)")
-    out = Path(out) if out is not None else run_dir / REPORT_DIR
     out.mkdir(parents=True, exist_ok=True)
     table = tables.paper_table(spec)
     rows = tables.pivot(records, table, spec)
@@ -224,4 +243,3 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, *, num_imag
     made, numbers = make_figures(run_dir, spec, records, out, num_images=num_images) if with_figures else ({}, {})
     (out / "summary.json").write_text(json.dumps({"table": table.name, **numbers}, indent=2, default=str))
     (out / "index.html").write_text(html_page(spec, records, tables.html_table(table, rows), made, numbers, out))
-    return out

@@ -1,7 +1,7 @@
 """Trial records: one Tune trial's searched values, repeat index, reports and status.
 
-From a finished run directory (`records_from_dir`, JSON only via objmae_ray/sweep/rundir.py) or from a
-Tune ResultGrid (`records_from_results`). Status: "done" (reached its last epoch of its last phase),
+From a run directory, local or remote (`records_from_dir`, JSON only via objmae_ray/sweep/rundir.py), or
+from a Tune ResultGrid (`records_from_results`). Status: "done" (reached its last epoch of its last phase),
 "stopped" (reported, but ASHA or Ctrl-C ended it early), "error", "pending" (never reported).
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from objmae_ray.errors import ConfigError
-from objmae_ray.sweep.rundir import trial_dirs
+from objmae_ray.sweep.rundir import checkpoint_uri, trial_dirs
 from objmae_ray.sweep.space import TRIAL_INDEX, trial_from_tune_config
 
 
@@ -49,11 +49,12 @@ class TrialRecord:
             finals[int(report.get("phase_index", 0))] = report
         return finals
 
-    def checkpoint_dir(self) -> Path | None:
-        """The checkpoint of the trial's last report that carried one (None if none did)."""
+    def checkpoint_dir(self) -> str | None:
+        """The checkpoint of the trial's last report that carried one, as a local path or a URI like the
+        trial's own path (s3://...); None if no report did."""
         for report in reversed(self.history):
             if report.get("checkpoint_path"):
-                return Path(str(report["checkpoint_path"]))
+                return checkpoint_uri(self.path, str(report["checkpoint_path"]))
         return None
 
 
@@ -88,9 +89,10 @@ def records_from_results(results) -> list[TrialRecord]:
 
 
 def records_from_dir(run_dir: str | Path) -> list[TrialRecord]:
-    """TrialRecords from a local experiment directory (each trial dir's params.json and result.json)."""
+    """TrialRecords from an experiment directory, local or remote (each trial dir's params.json and result.json)."""
     records = []
     for trial in trial_dirs(run_dir):
-        trial_id = trial.history[-1].get("trial_id", trial.path.name) if trial.history else trial.path.name
+        name = trial.path.rsplit("/", 1)[-1]
+        trial_id = trial.history[-1].get("trial_id", name) if trial.history else name
         records.append(_record(str(trial_id), trial.config, trial.history, str(trial.path), trial.errored))
     return records

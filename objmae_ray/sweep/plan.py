@@ -34,7 +34,9 @@ class Plan:
     gpu_hours_per_trial: float  # mean over the checked candidate configurations
     gpu_hours: float
 
-    def lines(self, spec: SweepSpec) -> list[str]:
+    def lines(self, spec: SweepSpec, *, brief: bool = False) -> list[str]:
+        """The plan as printed by `objmae-sweep validate`; brief (a sweep starting): without the search
+        space, checks and storage lines."""
         dims = [f"  {key} ({path}): {describe_param(spec.search_space[key])}"
                 for key, path in search_paths(spec).items()]
         dims += [f"  configurations.{i}: " + ", ".join(f"{k}={v!r}" for k, v in row.items())
@@ -46,9 +48,10 @@ class Plan:
             sched += f" on {spec.scheduler.metric} ({spec.scheduler.mode}), grace {grace}, max_t {max_t} reports"
         base = base_trial(spec)
         res = base.resources
+        space = [] if brief else ["search space:", *(dims or ["  (none: the base trial only)"])]
         return [
             f"study {spec.study}: objectives {objectives}; sampler {spec.sampler.kind} (seed {spec.sampler.seed})",
-            "search space:", *(dims or ["  (none: the base trial only)"]),
+            *space,
             f"trials: {self.configurations} configurations x {spec.repeats} repeats = {self.trials} "
             f"(concurrency {spec.concurrency}); scheduler {sched}",
             f"per trial: {res.num_workers} worker(s) x ({res.cpus_per_worker} CPU"
@@ -57,9 +60,7 @@ class Plan:
             + "".join(f", {t.mode} {t.epochs} on {t.data.kind}" for t in base.transfer) + ")",
             f"estimate: {self.gpu_hours_per_trial:.3g} GPU-hours per trial, {self.gpu_hours:.3g} GPU-hours in all "
             f"(FLOP count / {spec.estimate.gpu_tflops:g} sustained TFLOP/s per GPU; no data loading or start-up)",
-            f"checks: {coverage(spec)}",
-            f"storage: {spec.storage}",
-        ]
+        ] + ([] if brief else [f"checks: {coverage(spec)}", f"storage: {spec.storage}"])
 
 
 def plan(spec: SweepSpec) -> Plan:

@@ -10,7 +10,11 @@ order (OptunaSearch's points_to_evaluate) and num_samples = rows x repeats.
 Alpha: a float range on masking.alpha is searched over its achievable values L / N (sweep/space.py), and
 the searcher never hands out a configuration it handed out before (equal after alpha -> L): TPE and
 random sampling can propose the same point twice; the duplicate is told the earlier result (or failed,
-if that one is still running) and the sampler is asked again.
+if that one is still running), marked with the user attribute `objmae_duplicate_of` (the earlier trial's
+number: it ran nothing), and the sampler is asked again.
+Study: OptunaSearch keeps the study in the given `BaseStorage` (objmae_ray/sweep/study.py) and loads an
+existing study of the same name. On `--resume`, Tune restores the searcher from its checkpoint and
+`_OptunaSearch.restore` tells FAIL the RUNNING trials no Tune trial continues (a dead driver's).
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from ray.tune.search.optuna import OptunaSearch
 from objmae_ray.config import ChoiceParam, SweepSpec
 from objmae_ray.sweep.space import (ALPHA, achievable_alphas, asha_milestones, configuration_rows, effective_key,
                                     grid_values, num_patches, searched)
+from objmae_ray.sweep.study import DUPLICATE_ATTR, ORPHAN_ATTR, fail_orphans
 
 
 MAX_DRAWS = 100  # proposals per trial before the searcher gives up on finding a new configuration
@@ -53,6 +58,7 @@ class _OptunaSearch(OptunaSearch):
                 self._ot_trials[trial_id] = self._ot_trials.pop(draw_id)  # the Tune trial owns this Optuna trial
                 return config
             earlier = self._finals.get(self._given[key])  # tell Optuna what this point scored; draw again
+            self._ot_trials[draw_id].set_user_attr(DUPLICATE_ATTR, self._ot_trials[self._given[key]].number)
             super().on_trial_complete(draw_id, result=earlier, error=earlier is None)
         return Searcher.FINISHED  # every configuration the sampler keeps proposing has run
 
@@ -65,6 +71,12 @@ class _OptunaSearch(OptunaSearch):
         self._finals[trial_id] = None if error else result
         super().on_trial_complete(trial_id, result=result, error=error)
 
+    def restore(self, checkpoint_path: str) -> None:
+        """Tune's restore, then fail the study's RUNNING trials that no restored Tune trial continues."""
+        super().restore(checkpoint_path)
+        live = {t.number for tid, t in self._ot_trials.items() if tid not in self._completed_trials}
+        fail_orphans(self._ot_study, live)
+
 
 class _GridSampler(optuna.samplers.GridSampler):
     """GridSampler without its `study.stop()` once the grid is used up: Tune asks for exactly the grid
@@ -72,6 +84,21 @@ class _GridSampler(optuna.samplers.GridSampler):
 
     def after_trial(self, study, trial, state, values) -> None:
         return None
+
+    def _get_unvisited_grid_ids(self, study) -> list[int]:
+        """Optuna's rule (finished and running points are taken; once all are, the unfinished ones) with the
+        trials fail_orphans marked left out: their points were never run, so a resumed sweep runs them."""
+        visited, running = set(), set()
+        for t in study._storage.get_all_trials(study._study_id, deepcopy=False):
+            if ("grid_id" not in t.system_attrs or ORPHAN_ATTR in t.user_attrs
+                    or not self._same_search_space(t.system_attrs["search_space"])):
+                continue
+            if t.state.is_finished():
+                visited.add(t.system_attrs["grid_id"])
+            elif t.state == optuna.trial.TrialState.RUNNING:
+                running.add(t.system_attrs["grid_id"])
+        every = set(range(self._n_min_trials))
+        return list(every - visited - running or every - visited)
 
 
 class _Repeater(Repeater):
@@ -120,16 +147,18 @@ def build_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
     return optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=s.n_startup_trials)
 
 
-def build_search(spec: SweepSpec, storage: optuna.storages.BaseStorage | None = None) -> ConcurrencyLimiter:
+def build_search(spec: SweepSpec, storage: optuna.storages.BaseStorage | None = None,
+                 study_name: str | None = None) -> ConcurrencyLimiter:
     """OptunaSearch over the spec's objectives (+ repeats), limited to spec.concurrency live trials; the
-    study (named after spec.study) lives in `storage` (default: Optuna's in-memory storage)."""
+    study (named study_name, default spec.study) lives in `storage` (default: Optuna's in-memory storage)."""
     metrics = [o.metric for o in spec.objectives]
     modes = [o.mode for o in spec.objectives]
     multi = len(metrics) > 1
     points = configuration_rows(spec) if spec.sampler.kind == "list" else None
     searcher = _OptunaSearch(space=optuna_space(spec), metric=metrics if multi else metrics[0],
                              mode=modes if multi else modes[0], sampler=build_sampler(spec),
-                             study_name=spec.study, storage=storage, points_to_evaluate=points, spec=spec)
+                             study_name=study_name or spec.study, storage=storage, points_to_evaluate=points,
+                             spec=spec)
     if spec.repeats > 1:
         searcher = _Repeater(searcher, repeat=spec.repeats, set_index=True)
     return ConcurrencyLimiter(searcher, max_concurrent=spec.concurrency)

@@ -6,18 +6,28 @@
   build_tuner / restore_tuner  tune.Tuner with the searcher and scheduler of objmae_ray/sweep/search.py
   connect                      join a cluster or start a local Ray with the dashboard (Train state tracking on)
   check_cluster                the trial's workers against the node types the cluster can bring up
+  preflight                    what must hold before Ray starts: storage reachable with these credentials,
+                               the Optuna study database opens, mlflow importable when tracking asks for it
+  open_study / sweep_callbacks the study's storage (objmae_ray/sweep/study.py) and the driver's Tune callbacks:
+                               console lines, heartbeat, MLflow (objmae_ray/sweep/console.py, heartbeat.py,
+                               tracking.py)
   run_sweep                    fit or resume to the end; returns the run path and the ResultGrid
 
 Trial config: Tune's `param_space` is the base TrialConfig (fixed search values applied) and the
 searcher adds flat dotted keys (`masking.alpha`) that `space.trial_from_tune_config` writes into it.
 Resume: Tune saves the searcher, scheduler and trial states in the experiment directory;
 `--resume` restores them (`Tuner.restore(..., resume_errored=True)`), so finished trials are kept
-and not rerun, and unfinished ones restart from their latest Ray Train checkpoint.
+and not rerun, and unfinished ones restart from their latest Ray Train checkpoint. The Optuna study is
+stored in a database (default: optuna.db in the run directory) and the restored searcher reopens it;
+trials a dead driver left RUNNING that no Tune trial continues are marked failed. The callbacks and the
+status table are part of Tune's saved state, so a resumed run keeps the console and tracking it began with.
+Console: one line per trial event and Tune's table every few minutes; Ray's worker output goes to the
+run directory's logs/workers.log (`verbose` also prints it).
 """
 from __future__ import annotations
 
 import os
-from pathlib import Path
+import shutil
 from typing import Callable
 
 import ray
@@ -26,10 +36,16 @@ from ray import tune
 from objmae_ray.config import SweepSpec
 from objmae_ray.errors import ConfigError
 from objmae_ray.sweep.cluster import DRIVER_RESOURCE, capacity_problems, cluster_node_types, waiting_for_nodes
+from objmae_ray.sweep.console import TrialEvents, route_worker_output, status_reporter, tune_console
+from objmae_ray.sweep.heartbeat import RunHeartbeat
 from objmae_ray.sweep.plan import plan
-from objmae_ray.sweep.rundir import default_name, latest_run, run_path, save_spec, storage_uri, trial_statuses
+from objmae_ray.sweep.rundir import (STUDY_FILE, WORKER_LOG, check_storage, default_name, download, exists, is_remote,
+                                     join, latest_run, local_dir, run_path, save_spec, storage_env, storage_uri,
+                                     trial_statuses, upload_local, write_driver_state)
 from objmae_ray.sweep.search import build_search, build_trial_scheduler
 from objmae_ray.sweep.space import TRIAL_INDEX, base_trial, num_configurations, trial_from_tune_config
+from objmae_ray.sweep.study import name_objectives, open_storage, safe_url, study_url
+from objmae_ray.sweep.tracking import MlflowTracking, mlflow_client
 from objmae_ray.train.trial import tune_trainable
 
 
@@ -64,9 +80,11 @@ def _with_resources(spec: SweepSpec, trainable: Callable):
 
 
 def build_tuner(spec: SweepSpec, *, name: str, storage: str | None = None,
-                trainable: Callable = sweep_trainable, autoscaling: bool = False) -> tune.Tuner:
-    """tune.Tuner of the sweep: searcher, scheduler, trial count, storage (nothing runs yet). `autoscaling`
-    tells each trial's driver not to refuse what only waits for a scale-up (see check_cluster)."""
+                trainable: Callable = sweep_trainable, study=None, callbacks: list | None = None,
+                autoscaling: bool = False) -> tune.Tuner:
+    """tune.Tuner of the sweep: searcher (its study in `study`, an Optuna storage; default in memory),
+    scheduler, trial count, storage, the driver's callbacks and status table (nothing runs yet).
+    `autoscaling` tells each trial's driver not to refuse what only waits for a scale-up (see check_cluster)."""
     storage = storage_uri(storage or spec.storage)
     param_space = base_trial(spec).model_dump()
     param_space["_storage_path"] = f"{storage.rstrip('/')}/{name}"  # inner Ray Train runs: shared storage
@@ -74,10 +92,12 @@ def build_tuner(spec: SweepSpec, *, name: str, storage: str | None = None,
     return tune.Tuner(
         _with_resources(spec, trainable),
         param_space=param_space,
-        tune_config=tune.TuneConfig(search_alg=build_search(spec), scheduler=build_trial_scheduler(spec),
+        tune_config=tune.TuneConfig(search_alg=build_search(spec, study, study_name=name),
+                                    scheduler=build_trial_scheduler(spec),
                                     num_samples=num_configurations(spec) * spec.repeats,
                                     trial_dirname_creator=trial_dirname),
-        run_config=tune.RunConfig(name=name, storage_path=storage,
+        run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=callbacks or [],
+                                  progress_reporter=status_reporter(spec), verbose=1,
                                   failure_config=tune.FailureConfig(max_failures=0)),
     )
 
@@ -95,14 +115,21 @@ TOKEN_HINT = ("dashboard login: paste the output of `ray get-auth-token` (on the
               "`ray job submit` and the HTTP API need RAY_AUTH_MODE=token and the same token")
 
 
+def job_runtime_env() -> dict | None:
+    """The storage credentials of this shell (AWS_* variables) for every worker of the sweep's Ray job: the
+    Train workers write checkpoints to s3:// themselves."""
+    env = storage_env()
+    return {"env_vars": env} if env else None
+
+
 def connect(address: str | None) -> str:
     """Connect to a cluster (`auto`, HOST:PORT) or start a local Ray with the dashboard and Train state
     tracking (token authentication is Ray's default for a local cluster); return the dashboard URL."""
     if not ray.is_initialized():
+        kwargs = {"address": address} if address else {"address": "local", "include_dashboard": True}
         for key, value in RAY_START_ENV.items():
             os.environ.setdefault(key, value)
-        kwargs = {"address": address} if address else {"address": "local", "include_dashboard": True}
-        ray.init(configure_logging=False, **kwargs)
+        ray.init(configure_logging=False, runtime_env=job_runtime_env(), **kwargs)
     from ray._private.worker import get_dashboard_url
 
     url = get_dashboard_url()
@@ -132,6 +159,34 @@ def check_cluster(spec: SweepSpec, echo: Callable[[str], None] = print) -> bool:
     return autoscaling
 
 
+def preflight(spec: SweepSpec, storage: str | None = None) -> None:
+    """Refuse, before Ray starts, what would fail later: an unreachable storage or wrong credentials (the
+    bucket named), an Optuna database URL that cannot be opened, MLflow requested but not installed."""
+    check_storage(storage_uri(storage or spec.storage))
+    if spec.optuna_storage:
+        open_storage(spec.optuna_storage)
+    if spec.tracking.mlflow:
+        mlflow_client(spec.tracking.mlflow.uri)
+
+
+def open_study(spec: SweepSpec, path: str, resume: bool = False):
+    """The Optuna storage of the run's study (study.py); a resumed remote run first fetches its SQLite copy."""
+    local = local_dir(path) / STUDY_FILE
+    if is_remote(path) and not resume:  # a new run: a cache left by an earlier run of that name is stale
+        shutil.rmtree(local_dir(path), ignore_errors=True)
+    if resume and not spec.optuna_storage and is_remote(path) and not local.exists() and exists(join(path, STUDY_FILE)):
+        download(join(path, STUDY_FILE), local)
+    return open_storage(study_url(spec, path))
+
+
+def sweep_callbacks(spec: SweepSpec, path: str, echo: Callable[[str], None] = print) -> list[tune.Callback]:
+    """The driver's Tune callbacks: a console line per trial event, the heartbeat, MLflow when configured."""
+    callbacks: list[tune.Callback] = [TrialEvents(spec, echo), RunHeartbeat(path)]
+    if spec.tracking.mlflow:
+        callbacks.append(MlflowTracking(spec, path))
+    return callbacks
+
+
 def unfinished_trials(spec: SweepSpec, path: str, results) -> int:
     """Trials of the plan not yet TERMINATED or ERROR (after Ctrl-C: what --resume will run)."""
     statuses = trial_statuses(path)
@@ -143,27 +198,45 @@ def unfinished_trials(spec: SweepSpec, path: str, results) -> int:
 
 def run_sweep(spec: SweepSpec, *, address: str | None = None, name: str | None = None,
               storage: str | None = None, resume: bool = False, trainable: Callable = sweep_trainable,
-              echo: Callable[[str], None] = print) -> tuple[str, tune.ResultGrid]:
+              echo: Callable[[str], None] = print, verbose: bool = False) -> tuple[str, tune.ResultGrid]:
     """Run (or resume) the sweep to the end; return (run path, ResultGrid). The results and report are
     written by the caller (objmae_ray/results, from the CLI)."""
+    preflight(spec, storage)
     if resume and name is None:
         name = latest_run(spec, storage)
     name = name or default_name(spec)
     path = run_path(spec, name, storage)
-    for line in plan(spec).lines(spec):
+    if not resume and exists(path):
+        raise ConfigError(f"{path}: already exists (pass --resume to continue it, or another --name)")
+    for line in plan(spec).lines(spec, brief=True):
         echo(line)
-    echo(f"Ray dashboard: {connect(address)}")
-    hint = token_hint()
-    if hint:
-        echo(hint)
-    autoscaling = check_cluster(spec, echo)
-    if resume:
-        tuner = restore_tuner(spec, path, trainable)
-        echo(f"resuming {path}")
-    else:
-        if "://" not in path and Path(path).exists():
-            raise ConfigError(f"{path}: already exists (pass --resume to continue it, or another --name)")
-        save_spec(spec, path)
-        tuner = build_tuner(spec, name=name, storage=storage, trainable=trainable, autoscaling=autoscaling)
-        echo(f"running {path}")
-    return path, tuner.fit()
+    with tune_console():
+        study = open_study(spec, path, resume)
+        echo(f"Ray dashboard: {connect(address)}")
+        hint = token_hint()
+        if hint:
+            echo(hint)
+        autoscaling = check_cluster(spec, echo)
+        route_worker_output(local_dir(path) / WORKER_LOG, verbose=verbose)
+        if resume:
+            tuner = restore_tuner(spec, path, trainable)
+        else:
+            save_spec(spec, path)
+            tuner = build_tuner(spec, name=name, storage=storage, trainable=trainable, study=study,
+                                callbacks=sweep_callbacks(spec, path, echo), autoscaling=autoscaling)
+            name_objectives(study, name, [o.metric for o in spec.objectives])
+        echo(f"{'resuming' if resume else 'running'} {path} (worker output: {join(path, WORKER_LOG)})")
+        echo(f"Optuna study {name}: {safe_url(study_url(spec, path))}; live view: objmae-sweep dashboard {path}")
+        return path, _fit(tuner, spec, path)
+
+
+def _fit(tuner: tune.Tuner, spec: SweepSpec, path: str) -> tune.ResultGrid:
+    """Tuner.fit; driver.json says finished or interrupted afterwards (a remote run's study copied)."""
+    state = "interrupted"
+    try:
+        results = tuner.fit()
+        state = "finished" if not unfinished_trials(spec, path, results) else "interrupted"
+        return results
+    finally:
+        write_driver_state(path, state)
+        upload_local(path)
