@@ -81,3 +81,32 @@ def test_worker_output_goes_to_the_file_and_to_the_terminal_only_with_verbose(tm
     finally:
         dispatcher.remove_handler("ray_print_logs")
         dispatcher.remove_handler("objmae_worker_output")
+
+
+def test_trial_events_pickle_after_ray_swaps_the_print_builtin(tmp_path, monkeypatch):
+    """Tune pickles callbacks with its state; Ray's tqdm_ray replaces builtins.print in the driver, after which
+    the original built-in no longer pickles by reference. The callback keeps no reference to it."""
+    import builtins
+    import pickle
+
+    original = builtins.print
+    space = "sampler: {kind: grid}\nsearch_space:\n  padding: {choices: [zero, random]}\n"
+    events = TrialEvents(load_spec(tiny_spec(tmp_path, "p", space)),
+                         echo=original)
+    monkeypatch.setattr(builtins, "print", lambda *args, **kwargs: original(*args, **kwargs))
+    restored = pickle.loads(pickle.dumps(events))
+    assert restored.echo is None and restored.paths == events.paths
+
+
+def test_a_long_phase_prints_its_middle_and_last_epoch_only(tmp_path):
+    spec = load_spec(tiny_spec(tmp_path, "e", "sampler: {kind: grid}\nsearch_space:\n  padding: {choices: [zero]}\n"),
+                     ["pretrain.epochs=5", "transfer.0.epochs=1"])
+    lines: list[str] = []
+    events = TrialEvents(spec, echo=lines.append)
+    trial = SimpleNamespace(trial_id="t", config=base_trial(spec).model_dump(), last_result={})
+    for epoch in range(5):
+        events.on_trial_result(0, [], trial, report(0, epoch, recon_loss=1.0 - epoch / 10))
+    events.on_trial_result(0, [], trial, report(1, 0, top1=40.0))
+    assert [line.split(" ", 1)[1] for line in lines] == [
+        "trial t pretrain epoch 3/5: recon_loss 0.8", "trial t pretrain epoch 5/5: recon_loss 0.6",
+        "trial t finetune epoch 1/1: top1 40"]

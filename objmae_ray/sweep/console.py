@@ -2,7 +2,8 @@
 output in a file of the run directory instead of the terminal (`objmae-sweep --verbose` shows it too).
 
   TrialEvents          Tune callback printing one line per event: started (its searched values), epoch k/n
-                       of a phase with the objective, finished, stopped early, failed (the one-line reason),
+                       of a phase with the objective (EPOCH_LINES_PER_PHASE per phase, evenly spaced, the
+                       last epoch always), finished, stopped early, failed (the one-line reason),
                        restarted after a worker loss (a report going back to an earlier epoch: Ray Train
                        restarted the worker group from its latest checkpoint)
   status_reporter      Tune's CLIReporter (searched values, objectives), every TABLE_INTERVAL_S, without
@@ -16,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import functools
+import math
 import os
 import re
 import threading
@@ -49,17 +51,22 @@ def failure_reason(error: Any) -> str:
     return (errors or lines or [type(error).__name__])[-1][:300]
 
 
+EPOCH_LINES_PER_PHASE = 2  # epoch lines a phase prints (its middle and last epoch)
+
+
 class TrialEvents(tune.Callback):
     """One console line per trial event (see the module docstring)."""
 
     def __init__(self, spec: SweepSpec, echo: Callable[[str], None] = print):
         self.objectives = [o.metric for o in spec.objectives]
         self.paths = list(searched(spec))
-        self.echo = echo
+        # Tune pickles its callbacks with the experiment state; the built-in print pickles by reference and
+        # fails once Ray has swapped builtins.print (ray.experimental.tqdm_ray does): look it up when used
+        self.echo = None if getattr(echo, "__module__", None) == "builtins" else echo
         self._last: dict[str, tuple[int, int]] = {}
 
     def _line(self, trial, text: str) -> None:
-        self.echo(f"{_now()} trial {trial.trial_id} {text}")
+        (self.echo or print)(f"{_now()} trial {trial.trial_id} {text}")
 
     def _values(self, result: dict, metrics: list[str]) -> str:
         shown = [f"{m} {result[m]:.4g}" for m in metrics if isinstance(result.get(m), (int, float))]
@@ -82,9 +89,13 @@ class TrialEvents(tune.Callback):
         self._last[trial.trial_id] = point
         cfg = trial_from_tune_config(trial.config)
         phases = [cfg.pretrain, *cfg.transfer]
-        epochs = phases[point[0]].epochs if point[0] < len(phases) else "?"
+        epochs = phases[point[0]].epochs if point[0] < len(phases) else 0
+        every = max(1, math.ceil(epochs / EPOCH_LINES_PER_PHASE))
+        if epochs and (point[1] + 1) % every and point[1] + 1 != epochs:
+            return  # a long phase prints EPOCH_LINES_PER_PHASE lines, its last epoch always
         metrics = ["recon_loss"] if point[0] == 0 and "recon_loss" not in self.objectives else self.objectives
-        self._line(trial, f"{result.get('phase', '')} epoch {point[1] + 1}/{epochs}: {self._values(result, metrics)}")
+        self._line(trial, f"{result.get('phase', '')} epoch {point[1] + 1}/{epochs or '?'}: "
+                          f"{self._values(result, metrics)}")
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         result = trial.last_result or {}
