@@ -5,12 +5,16 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import Phase, settings
 
 from objmae_ray.config import SweepSpec
 from objmae_ray.sweep.rundir import save_spec
 from run_helpers import SPEC, make_trial
 
 REPO = Path(__file__).resolve().parents[1]
+# scripts/mutation.sh (--hypothesis-profile=mutation): one failing example kills a mutant, so no shrinking,
+# and no example database, so every run tries the same examples
+settings.register_profile("mutation", phases=[Phase.explicit, Phase.generate], database=None)
 SHARED_DATA = Path(os.environ.get("OBJMAE_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import timm
 import torch
 import yaml
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from objmae_ray.cli import export_main
@@ -75,3 +77,86 @@ def test_export_errors_are_one_line(tmp_path, run_dir, capsys):
     (run_dir / "train-a1" / "checkpoint_2" / "objmae.safetensors").unlink()
     with pytest.raises(ConfigError, match="checkpoint_2/objmae.safetensors: not found"):
         export_best(run_dir, tmp_path / "o")
+
+
+def _card_snippet(card: str) -> str:
+    return card.split("```python\n", 1)[1].split("```\n", 1)[0]
+
+
+def test_export_files_hold_exactly_the_best_trial(run_dir, tmp_path):
+    """metrics.json, the safetensors metadata, config.yaml and the model card, value by value; the card's
+    code runs as written."""
+    result = run_dir / "trial_a1" / "result.json"
+    lines = result.read_text().splitlines()
+    last = {**json.loads(lines[-1]), "notes": None, "curve": [1.0, 2.0], "extra": {"a": 1}}
+    result.write_text("\n".join(lines[:-1] + [json.dumps(last)]) + "\n")
+    checkpoint = run_dir / "train-a1" / "checkpoint_2"
+    out = export_best(run_dir, tmp_path / "new" / "nested" / "export")  # parents are created
+
+    kept = {k: v for k, v in last.items() if k not in ("curve", "extra")}  # lists and dicts are not metrics
+    expected = {"trial_id": "a1", "selected_by": {"metric": "top1", "mode": "max"}, "params": {"masking.alpha": 0.25},
+                "checkpoint": str(checkpoint), "metrics": kept}
+    text = (out / "metrics.json").read_text()
+    assert json.loads(text) == expected
+    assert text == json.dumps(expected, indent=2, sort_keys=True)  # stable, diffable layout
+    with safe_open(str(out / "encoder.safetensors"), framework="pt") as f:
+        assert f.metadata() == {"timm_model": "vit_tiny_patch16_224", "source": "objmae-ray", "trial_id": "a1"}
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert list(config) == list(TrialConfig.model_fields)  # the schema's order, as a person reads it
+    assert TrialConfig.model_validate(config) == TrialConfig.model_validate_json(
+        (checkpoint / "trial_config.json").read_text())
+
+    card = (out / "README.md").read_text()
+    assert card.startswith("# ObjMAE encoder: study `exp`, trial `a1`\n")
+    assert "by final `top1`." in card and "Transfer: finetune on synthetic (2 epoch(s)).\n" in card
+    assert "| searched | value |\n|---|---|\n| masking.alpha | 0.25 |\n" in card
+    assert ("|---|---|\n| top1 | 70 |\n| top5 | 80 |\n| recon_loss | 0.65 |\n| speedup_est | 3.5 |\n"
+            "| pretrain_time_s | 1 |\n\n## Use") in card  # the metrics of METRICS the report has, in that order
+    assert card.split("```\n\n", 1)[1].startswith(
+        "`classifier.safetensors` holds the trial's final finetune classifier "
+        "(timm `vit_tiny_patch16_224`, global_pool as trained).\n`config.yaml` reruns")
+    code = _card_snippet(card)
+    assert 'timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=NUM_CLASSES, img_size=32, ' \
+           'patch_size=8, embed_dim=64, depth=2, num_heads=2)' in code
+    namespace = {"NUM_CLASSES": 3}
+    cwd = os.getcwd()
+    try:
+        os.chdir(out)
+        exec(compile(code, "README.md", "exec"), namespace)  # the model card's instructions work
+    finally:
+        os.chdir(cwd)
+    assert namespace["model"].head.out_features == 3 and namespace["missing"] == ["head.weight", "head.bias"]
+
+    again = export_best(run_dir, out)  # exporting again into the same directory replaces the files
+    assert json.loads((again / "metrics.json").read_text()) == expected
+
+
+def test_export_without_classifier_search_values_or_sweep_file(run_dir, tmp_path):
+    """The base trial of a run without sweep.yaml (metric and mode given), no classifier, no transfer phase."""
+    checkpoint = run_dir / "train-a1" / "checkpoint_2"
+    (checkpoint / "classifier.safetensors").unlink()
+    config = json.loads((checkpoint / "trial_config.json").read_text())
+    (checkpoint / "trial_config.json").write_text(json.dumps({**config, "transfer": []}))
+    params = run_dir / "trial_a1" / "params.json"
+    params.write_text(json.dumps({k: v for k, v in json.loads(params.read_text()).items() if "." not in k}))
+    (run_dir / "sweep.yaml").unlink()
+    with pytest.raises(ConfigError, match=r"^.*exp-1/sweep\.yaml: not found; pass --metric and --mode$"):
+        export_best(run_dir, tmp_path / "o")
+    with pytest.raises(ConfigError, match=r"sweep\.yaml: not found"):
+        export_best(run_dir, tmp_path / "o", metric="top1")
+    out = export_best(run_dir, tmp_path / "o", metric="top1", mode="max")
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.yaml", "encoder.safetensors", "metrics.json"]
+    card = (out / "README.md").read_text()
+    assert card.startswith("# ObjMAE encoder: study `exp-1`, trial `a1`\n")  # no sweep file: the directory's name
+    assert "Transfer: none.\n" in card and "| searched | value |\n|---|---|\n| (base trial) | |\n" in card
+    assert card.split("```\n\n", 1)[1].startswith("\n`config.yaml` reruns")  # no classifier sentence
+
+
+def test_metric_or_mode_alone_takes_the_other_from_the_sweep_file(run_dir, tmp_path):
+    out = export_best(run_dir, tmp_path / "a", mode="min")  # the sweep's metric (top1), lowest final value
+    assert json.loads((out / "metrics.json").read_text())["selected_by"] == {"metric": "top1", "mode": "min"}
+    assert json.loads((out / "metrics.json").read_text())["trial_id"] == "a0"
+    out = export_best(run_dir, tmp_path / "b", metric="top5")  # the sweep's mode (max): final top-5 80 > 75 > 71 > 70
+    assert json.loads((out / "metrics.json").read_text())["trial_id"] == "a1"
+    with pytest.raises(ConfigError, match=r"^--mode: must be max or min, got 'maximum'$"):
+        export_best(run_dir, tmp_path / "c", metric="top1", mode="maximum")

@@ -88,13 +88,40 @@ def test_layer_decay_scales_scheduled_lr():
         assert group["lr"] == pytest.approx(1e-3 * group["lr_scale"])
 
 
-def test_all_warmup_phase_is_accepted():
+def test_all_warmup_phase_ramps_over_the_whole_phase_and_ends_at_the_peak():
+    """epochs == warmup_epochs (2 x 3 updates): update k runs at min_lr + k/6 (peak - min_lr), rising to the
+    peak exactly at the phase's end (update 6), never decaying inside the phase."""
     model = torch.nn.Linear(2, 2)
-    phase = TransferConfig(epochs=1, warmup_epochs=1, batch_size=8, lr=1e-3)
-    sched = build_lr_schedule(build_optimizer(model, phase, global_batch=8), phase, updates_per_epoch=2)
-    sched.step_update(2)
+    phase = TransferConfig(epochs=2, warmup_epochs=2, batch_size=256, lr=1e-3, min_lr=1e-5)
+    opt = build_optimizer(model, phase, global_batch=256)
+    sched = build_lr_schedule(opt, phase, updates_per_epoch=3)
+    lrs = []
+    for update in range(7):
+        sched.step_update(update)
+        lrs.append(opt.param_groups[0]["lr"])
+    peak = 1e-3
+    assert lrs == pytest.approx([1e-5 + k * (peak - 1e-5) / 6 for k in range(7)], rel=1e-9)
+    assert lrs[6] == pytest.approx(peak, rel=1e-12)
     with pytest.raises(ValueError, match="updates_per_epoch"):
         build_lr_schedule(build_optimizer(model, phase, global_batch=8), phase, updates_per_epoch=0)
+
+
+def test_cls_and_mask_tokens_get_no_weight_decay():
+    """ObjMAE.no_weight_decay keeps the (3-d) tokens out of weight decay, as timm's ViT does; the fixed
+    position embeddings are not trained at all."""
+    model = create_objmae("micro", img_size=32, patch_size=8)
+    assert model.no_weight_decay() == {"cls_token", "mask_token", "pos_embed", "decoder_pos_embed"}
+    opt = build_optimizer(model, PretrainConfig(epochs=2, warmup_epochs=1, batch_size=8, lr=1e-3), global_batch=8)
+    decay_of = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    assert decay_of[id(model.cls_token)] == 0.0 and decay_of[id(model.mask_token)] == 0.0
+    assert decay_of[id(model.decoder_embed.weight)] == 0.05
+    assert id(model.pos_embed) not in decay_of and id(model.decoder_pos_embed) not in decay_of
+    clf = _vit()  # fine-tuning: timm's own rule for its ViT
+    opt = build_optimizer(clf, TransferConfig(epochs=2, warmup_epochs=0, batch_size=8, lr=1e-3), global_batch=8,
+                          layer_decay=0.65)
+    decay_of = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    assert decay_of[id(clf.cls_token)] == 0.0 and decay_of[id(clf.pos_embed)] == 0.0
+    assert decay_of[id(clf.blocks[0].attn.qkv.weight)] == 0.05
 
 
 def test_optimizer_and_scheduler_state_round_trip_weights_only():
