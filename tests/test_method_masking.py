@@ -424,9 +424,12 @@ def test_every_tensor_follows_the_inputs_device(selection, padding):
     patches, ratio = random_scene(3, batch=3, grid=4, slots=2)
     saliency = torch.rand(3, 16, generator=torch.Generator().manual_seed(0))
     for device, inputs in (("meta", "meta"), ("meta", "cpu")):
+        given_ = ({"saliency": saliency.to(inputs)} if selection == "cam" else  # only what the selection reads
+                  {"object_patches": patches.to(inputs), "object_ratio": ratio.to(inputs)} if selection != "mae" else {})
+        if selection == "mae" and inputs == "meta":
+            continue  # no input tensor to follow
         m = sample_masks(batch_size=3, num_patches=16, alpha=0.25, selection=selection, padding=padding,
-                         object_patches=patches.to(inputs), object_ratio=ratio.to(inputs),
-                         saliency=saliency.to(inputs), device=None if inputs == "meta" else device)
+                         device=None if inputs == "meta" else device, **given_)
         for t in (m.src_idx, m.tgt_idx, m.src_valid, m.tgt_valid, m.fallback):
             assert t.device.type == "meta"
         assert m.src_idx.shape == m.tgt_valid.shape == (3, 4) and m.fallback.shape == (3,)

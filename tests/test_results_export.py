@@ -160,3 +160,31 @@ def test_metric_or_mode_alone_takes_the_other_from_the_sweep_file(run_dir, tmp_p
     assert json.loads((out / "metrics.json").read_text())["trial_id"] == "a1"
     with pytest.raises(ConfigError, match=r"^--mode: must be max or min, got 'maximum'$"):
         export_best(run_dir, tmp_path / "c", metric="top1", mode="maximum")
+
+
+def test_card_and_metadata_follow_the_trials_config(run_dir, tmp_path, monkeypatch):
+    """Two searched values and two transfer phases are all listed; the timm name comes from the trial's model
+    config (here made vit_tiny at 384 px: vit_tiny_patch16_384, not the 224 px model)."""
+    from objmae_ray.config import ModelConfig
+    from objmae_ray.results import export
+
+    params = run_dir / "trial_a1" / "params.json"
+    params.write_text(json.dumps({**json.loads(params.read_text()), "masking.padding": "zero"}))
+    real = export.objmae_from_checkpoint
+
+    def checkpoint_of_a_bigger_model(directory):
+        model, cfg = real(directory)
+        probe = cfg.transfer[0].model_copy(update={"mode": "linear", "epochs": 3})
+        return model, cfg.model_copy(update={"model": ModelConfig(preset="vit_tiny", img_size=384, patch_size=16),
+                                             "transfer": [cfg.transfer[0], probe]})
+
+    monkeypatch.setattr(export, "objmae_from_checkpoint", checkpoint_of_a_bigger_model)
+    out = export_best(run_dir, tmp_path / "o")
+    card = (out / "README.md").read_text()
+    assert "| searched | value |\n|---|---|\n| masking.alpha | 0.25 |\n| masking.padding | zero |\n\n" in card
+    assert "Transfer: finetune on synthetic (2 epoch(s)), linear on synthetic (3 epoch(s)).\n" in card
+    assert ('timm.create_model("vit_tiny_patch16_384", pretrained=False, num_classes=NUM_CLASSES, img_size=384, '
+            'patch_size=16, embed_dim=192, depth=12, num_heads=3)') in _card_snippet(card)
+    assert "holds the trial's final linear classifier (timm `vit_tiny_patch16_384`, global_pool as trained)" in card
+    with safe_open(str(out / "encoder.safetensors"), framework="pt") as f:
+        assert f.metadata()["timm_model"] == "vit_tiny_patch16_384"

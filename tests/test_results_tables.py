@@ -289,14 +289,17 @@ def test_table6_exact():
         record("a", {"masking.selection": "mae"}, [(80.0, 90.0)]),
         record("b", {"masking.selection": "object"}, [(70.0, 91.0)]),
         record("c", {"masking.selection": "object"}, [(72.0, 91.0)]),
-        record("d", {"masking.selection": "inter"}, [(60.0, 92.5)], done=False)])
+        record("d", {"masking.selection": "inter"}, [(60.0, 92.5)], done=False),
+        record("e", {"masking.selection": "inter"}, [(61.0, 92.5)], done=False),
+        record("f", {}, [(50.0, 60.0)])])  # a trial without the searched value
     assert name == "table6_selection"
     assert md == ("## Table 6 (paper form): Selective regions (intra- vs inter-object) (study s)\n\n"
                   "| Selective Region | n | Top-1 | Top-5 |\n|---|---|---|---|\n"
                   "| Intra-object | 2 | 71.00 ± 1.41 | 91.00 |\n"
                   "| Inter-object | 0 | - | - |\n"
-                  "| Whole image (MAE) | 1 | 80.00 | 90.00 |\n\n"
-                  f"{PAPER_NOTE} 1 stopped or failed trial(s) left out.\n")
+                  "| Whole image (MAE) | 1 | 80.00 | 90.00 |\n"
+                  "| None | 1 | 50.00 | 60.00 |\n\n"
+                  f"{PAPER_NOTE} 2 stopped or failed trial(s) left out.\n")
 
 
 def test_table7_and_table9_exact():
@@ -430,5 +433,39 @@ def test_results_form_exact_in_markdown_csv_and_html():
                                             "58.00", "-", "-", "*", "1 done"])
         + "</tr></tbody></table>\n<p class=note>mean ± sample std over repeats; speed-up = FLOP ratio vs a "
           "supervised ViT step; Pareto = not dominated in (speed-up, top-1).</p>\n")
+    two = html_table(table, rows[:2])
+    assert two.count("<tr>") == 3 and "</tr><tr><td>2</td>" in two  # header row, then one row per configuration
     assert "<td>alpha=a &lt;b&gt;</td>" in html_table(table, [Row({"masking.alpha": "a <b>"}, mean=rows[0].mean,
                                                                 std=rows[0].std, statuses=["done"])])
+
+
+def test_results_form_of_one_phase_and_a_speedup_objective():
+    """One transfer phase: no per-phase column; speedup_est is the Speed Up column (no second one), ranked on it."""
+    spec = spec_of({"alpha": {"choices": [0.5, 0.25]}}, objectives=({"metric": "speedup_est", "mode": "max"},))
+    table = results_table(spec)
+    assert [c.title for c in table.columns] == ["Speed Up", "Recon Loss", "Top-1", "Top-5", "Pre-train s"]
+    rows = pivot([record("a", {"masking.alpha": 0.5}, [(80.0, 90.0)], speedup=1.9),
+                  record("b", {"masking.alpha": 0.25}, [(70.0, 90.0)], speedup=3.5)], table, spec)
+    assert [r.values["masking.alpha"] for r in rows] == [0.25, 0.5]
+    assert markdown(table, rows).startswith("## s: 2 configurations, ranked by speedup_est (max)\n\n"
+                                            "| rank | configuration | runs | Speed Up | Recon Loss | Top-1 | Top-5 "
+                                            "| Pre-train s | Pareto | status |\n")
+    base = {**BASE, "transfer": [BASE["transfer"][0]] * 3}
+    assert [c.key for c in results_table(spec_of({"alpha": {"choices": [0.5]}}, base=base)).columns] == [
+        "speedup", "recon_loss", "top1", "top5", "top1 1:finetune synthetic", "top1 2:finetune synthetic",
+        "pretrain_time_s"]
+
+
+def test_results_form_ranks_a_min_objective_with_missing_values_last():
+    spec = spec_of({"alpha": {"choices": [0.5, 0.25, 0.125]}}, objectives=({"metric": "val_loss", "mode": "min"},))
+    table = results_table(spec)
+    rows = pivot([record("a", {"masking.alpha": 0.5}, [(80.0, 90.0)], val_loss=0.5),
+                  record("b", {"masking.alpha": 0.25}, [(70.0, 90.0)]),  # never reported val_loss
+                  record("c", {"masking.alpha": 0.125}, [(60.0, 90.0)], val_loss=0.0)], table, spec)
+    assert [r.values["masking.alpha"] for r in rows] == [0.125, 0.5, 0.25]
+
+
+def test_paper_dimensions_in_the_papers_order_then_file_order():
+    spec = spec_of({"pretrain.lr": {"choices": [0.1, 0.01]}, "padding": {"choices": ["zero", "random"]},
+                    "patch_size": {"choices": [16, 8]}, "pretrain.epochs": {"choices": [1, 2]}})
+    assert paper_table(spec).dims == ["model.patch_size", "masking.padding", "pretrain.lr", "pretrain.epochs"]
