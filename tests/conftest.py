@@ -3,14 +3,20 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Iterator
 
 import pytest
+from hypothesis import Phase, settings
 
 from objmae_ray.config import SweepSpec
 from objmae_ray.sweep.rundir import save_spec
 from run_helpers import SPEC, make_trial
+from s3_helpers import moto_server
 
 REPO = Path(__file__).resolve().parents[1]
+# scripts/mutation.sh (--hypothesis-profile=mutation): one failing example kills a mutant, so no shrinking,
+# and no example database, so every run tries the same examples
+settings.register_profile("mutation", phases=[Phase.explicit, Phase.generate], database=None)
 SHARED_DATA = Path(os.environ.get("OBJMAE_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
@@ -83,3 +89,10 @@ def run_dir(tmp_path) -> Path:
     return run
 
 
+@pytest.fixture(scope="module")
+def s3_env() -> Iterator[dict[str, str]]:
+    """A moto S3 server with bucket `runs` for the module; the AWS variables set while the module runs."""
+    with moto_server() as aws, pytest.MonkeyPatch.context() as mp:
+        for key, value in aws.items():
+            mp.setenv(key, value)
+        yield aws

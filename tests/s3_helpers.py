@@ -52,12 +52,3 @@ def moto_server(*, auth: bool = False) -> Iterator[dict[str, str]]:
     finally:
         server.terminate()
         server.wait(timeout=10)
-
-
-@pytest.fixture(scope="module")
-def s3_env() -> Iterator[dict[str, str]]:
-    """A moto S3 server with bucket `runs` for the module; the AWS variables set while the module runs."""
-    with moto_server() as aws, pytest.MonkeyPatch.context() as mp:
-        for key, value in aws.items():
-            mp.setenv(key, value)
-        yield aws

@@ -159,6 +159,26 @@ def test_filtering_drops_images_without_eligible_object(tmp_path, caplog):
     assert sorted(ds.all_object_ratios) == pytest.approx([0.04, 0.25, 0.25, 0.25])  # crowd excluded
 
 
+def test_keeps_the_k_largest_objects_largest_first(tmp_path):
+    """max_objects=2 of four objects (listed out of order): the two largest by area, in slots 0 and 1."""
+    rects = {"a": (0, 0, 20, 16), "c": (0, 50, 30, 80), "b": (30, 0, 100, 40), "d": (50, 50, 100, 80)}
+    anns = [{"image_id": 1, "segmentation": rect_polygon(*r), "area": (r[2] - r[0]) * (r[3] - r[1])}
+            for r in rects.values()]  # areas 320, 900, 2800, 1500
+    ann_file = write_coco(tmp_path, [("a.png", 100, 80, None)], anns)
+    ds = CocoObjects(tmp_path / "train", ann_file, img_size=32, patch_size=8, max_objects=2, random_crop=False)
+    assert [a["area"] for a in ds.objects[1]] == [2800, 1500]
+    assert sorted(ds.all_object_ratios) == pytest.approx([0.04, 0.1125, 0.1875, 0.35])  # Fig. 5 sees all four
+    sample = ds[0]
+    assert sample["object_patches"].shape == (2, 16)
+    # squashed to 32 px: b covers x 9.6..32, y 0..16 (ratio 0.35); d x 16..32, y 20..32 (ratio 0.1875)
+    assert sample["object_ratio"].tolist() == pytest.approx([0.35, 0.1875], abs=0.02)
+    assert torch.nonzero(sample["object_patches"][0]).flatten().tolist() == [1, 2, 3, 5, 6, 7]
+    assert torch.nonzero(sample["object_patches"][1]).flatten().tolist() == [10, 11, 14, 15]
+    wide = CocoObjects(tmp_path / "train", ann_file, img_size=32, patch_size=8, max_objects=6, random_crop=False)
+    assert [a["area"] for a in wide.objects[1]] == [2800, 1500, 900, 320]  # fewer objects than slots: all
+    assert wide[0]["object_ratio"][4:].tolist() == [0.0, 0.0] and not wide[0]["object_patches"][4:].any()
+
+
 def test_corrupt_image_is_skipped_and_counted(tmp_path, caplog):
     ann_file = _filter_set(tmp_path)
     (tmp_path / "train" / "a.png").write_bytes(b"not a png at all")

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -14,7 +15,8 @@ from objmae_ray.config import DataConfig
 from objmae_ray.data import build_pretrain_dataset
 from objmae_ray.data.cam import build_cam_cache, cam_patch_saliency, class_activation_map, create_cam_model, load_cam_cache
 from objmae_ray.data.cli import main
-from objmae_ray.data.transforms import CropBox
+from objmae_ray.data.folder import CamFolder
+from objmae_ray.data.transforms import CropBox, crop_image
 from objmae_ray.errors import ConfigError
 
 
@@ -126,3 +128,33 @@ def test_folder_without_cam_cache_serves_images_for_mae(image_folder):
     assert ds.skipped == 1
     masks = sample_masks(batch_size=5, num_patches=16, alpha=0.5, selection="mae", padding="zero")
     assert masks.src_valid.all() and masks.tgt_valid.all()
+
+
+def test_random_crop_saliency_is_the_crop_of_the_full_image_saliency(tmp_path, monkeypatch):
+    """CamFolder with a forced crop box: the sample's saliency equals the full-image saliency map cut to
+    the box, and the pixels are that box of the image. The image is not square (96 x 64), so swapping
+    width and height anywhere shows."""
+    root = tmp_path / "folder" / "train"
+    (root / "c").mkdir(parents=True)
+    pixels = np.random.default_rng(1).integers(0, 256, (64, 96, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(root / "c" / "x.png")
+    cam = torch.rand(4, 6, generator=torch.Generator().manual_seed(0))  # [h, w] over the whole image
+    save_file({"cams": cam[None].contiguous()}, str(tmp_path / "cam.safetensors"), metadata={"keys": json.dumps(["c/x.png"])})
+    calls = []
+    monkeypatch.setattr("torchvision.transforms.RandomResizedCrop.get_params",
+                        lambda img, scale, ratio: calls.append((img.size, tuple(scale))) or (16, 24, 32, 48))
+    ds = CamFolder(root, tmp_path / "cam.safetensors", img_size=32, patch_size=8, crop_scale=(0.3, 0.9))
+    sample = ds[0]
+    assert calls == [((96, 64), (0.3, 0.9))]
+    box = CropBox(top=16, left=24, height=32, width=48)
+    # full-image saliency on an 8 x 8 grid: cells of 12 x 8 pixels; the box is exactly cells [2:6, 2:6],
+    # and each of the crop's 4 x 4 patches is one such cell
+    full = cam_patch_saliency(cam, CropBox(0, 0, 64, 96), (96, 64), grid=8).view(8, 8)
+    torch.testing.assert_close(sample["saliency"], full[2:6, 2:6].flatten(), rtol=0, atol=1e-6)
+    # the same from the bilinearly upsampled map, by pixel means (roi_align samples 4 x 4 points per
+    # patch instead of every pixel centre: equal to a few thousandths)
+    dense = F.interpolate(cam[None, None], size=(64, 96), mode="bilinear", align_corners=False)[0, 0]
+    by_pixels = dense[16:48, 24:72].reshape(4, 8, 4, 12).mean((1, 3)).flatten()
+    torch.testing.assert_close(sample["saliency"], by_pixels, rtol=0, atol=5e-3)
+    with Image.open(root / "c" / "x.png") as img:
+        assert torch.equal(sample["image"], crop_image(img, box, 32))

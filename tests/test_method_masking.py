@@ -397,18 +397,72 @@ def test_cam_topk_takes_the_most_salient_patches_on_a_ramp():
 
 def test_bad_arguments_give_one_line_errors():
     patches, ratio = seven_patch_object()
-    with pytest.raises(ConfigError, match="masking.selection"):
+    with pytest.raises(ConfigError, match=r"^masking\.selection: 'objects' is not one of object, inter, mae, cam$"):
         masks_for("objects", "zero", 0.3, patches, ratio)
-    with pytest.raises(ConfigError, match="masking.padding"):
+    with pytest.raises(ConfigError,
+                       match=r"^masking\.padding: 'reflect' is not one of throwout, zero, replicate, random$"):
         masks_for("object", "reflect", 0.3, patches, ratio)
-    with pytest.raises(ConfigError, match="masking.alpha"):
-        masks_for("object", "zero", 1.5, patches, ratio)
-    with pytest.raises(ValueError, match="needs object_patches"):
-        sample_masks(batch_size=1, num_patches=100, alpha=0.3, selection="object", padding="zero")
-    with pytest.raises(ValueError, match="object_patches must be"):
+    for alpha in (1.5, 0.0, -0.1):
+        with pytest.raises(ConfigError, match=rf"^masking\.alpha: {alpha} must be in \(0, 1\]$"):
+            masks_for("object", "zero", alpha, patches, ratio)
+    masks_for("object", "zero", 1.0, patches, ratio)  # the upper end is allowed
+    for batch, n in ((0, 16), (1, 1), (0, 1)):
+        with pytest.raises(ValueError, match=rf"^sample_masks: need batch_size >= 1 and num_patches >= 2, got {batch}, {n}$"):
+            sample_masks(batch_size=batch, num_patches=n, alpha=0.5, selection="mae", padding="zero")
+    two = sample_masks(batch_size=1, num_patches=2, alpha=0.5, selection="mae", padding="zero")  # the smallest grid
+    assert (two.src_idx.tolist(), two.tgt_valid.tolist()) in (([[0]], [[True]]), ([[1]], [[True]]))
+    for selection in ("object", "inter"):
+        for given_ in ({}, {"object_patches": patches}, {"object_ratio": ratio}):
+            with pytest.raises(ValueError, match=rf"^sample_masks: selection '{selection}' needs object_patches and "
+                                                 "object_ratio$"):
+                sample_masks(batch_size=1, num_patches=100, alpha=0.3, selection=selection, padding="zero", **given_)
+    with pytest.raises(ValueError, match=r"^sample_masks: object_patches must be \[B=1, K, N=64\], got \(1, 2, 100\)$"):
         masks_for("object", "zero", 0.3, patches, ratio, num_patches=64)
-    with pytest.raises(ValueError, match="needs saliency"):
+    with pytest.raises(ValueError, match=r"^sample_masks: object_patches needs at least one object slot \(K >= 1\)$"):
+        masks_for("inter", "zero", 0.3, patches[:, :0], ratio[:, :0])
+    with pytest.raises(ValueError, match=r"^sample_masks: object_ratio must be \[B, K\]=\(1, 2\), got \(1, 4\)$"):
+        masks_for("object", "zero", 0.3, patches, ratio.repeat(1, 2))
+    with pytest.raises(ValueError, match=r"^sample_masks: selection 'cam' needs saliency$"):
         sample_masks(batch_size=1, num_patches=100, alpha=0.3, selection="cam", padding="zero")
+    with pytest.raises(ValueError, match=r"^sample_masks: saliency must be \[B=2, N=16\], got \(2, 15\)$"):
+        sample_masks(batch_size=2, num_patches=16, alpha=0.3, selection="cam", padding="zero",
+                     saliency=torch.zeros(2, 15))
+
+
+def test_inter_counts_a_background_of_exactly_two_patches():
+    """One eligible object of 2 patches on a 2 x 2 grid: the other 2 patches (the background) are the second
+    candidate, so no fallback; source and target are the object and the background."""
+    patches, ratio = scene([[(torch.tensor([True, True, False, False]), 0.5)]], 4)
+    for seed in range(4):
+        m = masks_for("inter", "zero", 0.5, patches, ratio, seed=seed)
+        assert not m.fallback.any()
+        assert {frozenset(as_set(m.src_idx[0])), frozenset(as_set(m.tgt_idx[0]))} == {frozenset({0, 1}),
+                                                                                         frozenset({2, 3})}
+
+
+@pytest.mark.parametrize("selection", SELECTIONS)
+@pytest.mark.parametrize("padding", ["zero", "replicate", "random"])  # throwout reads a value (the shortest side)
+def test_every_tensor_follows_the_inputs_device(selection, padding):
+    """On PyTorch's meta device (shapes only, like a GPU for placement): a tensor made on the CPU default
+    inside the masking meets the inputs' tensors and raises, so this checks device placement on a CPU-only
+    machine. Inputs on meta, then inputs on the CPU with device="meta"."""
+    patches, ratio = random_scene(3, batch=3, grid=4, slots=2)
+    saliency = torch.rand(3, 16, generator=torch.Generator().manual_seed(0))
+    for device, inputs in (("meta", "meta"), ("meta", "cpu")):
+        given_ = ({"saliency": saliency.to(inputs)} if selection == "cam" else  # only what the selection reads
+                  {"object_patches": patches.to(inputs), "object_ratio": ratio.to(inputs)} if selection != "mae" else {})
+        if selection == "mae" and inputs == "meta":
+            continue  # no input tensor to follow
+        m = sample_masks(batch_size=3, num_patches=16, alpha=0.25, selection=selection, padding=padding,
+                         device=None if inputs == "meta" else device, **given_)
+        for t in (m.src_idx, m.tgt_idx, m.src_valid, m.tgt_valid, m.fallback):
+            assert t.device.type == "meta"
+        assert m.src_idx.shape == m.tgt_valid.shape == (3, 4) and m.fallback.shape == (3,)
+
+
+def test_without_inputs_or_generator_the_masks_are_on_the_cpu():
+    m = sample_masks(batch_size=2, num_patches=16, alpha=0.5, selection="mae", padding="zero")
+    assert m.src_idx.device == torch.device("cpu") and m.src_idx.shape == (2, 8)
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from objmae_ray.cli import sweep_main
 from objmae_ray.results.page import write_report
 from objmae_ray.results.status import run_status, status_lines
 from objmae_ray.sweep import rundir
-from s3_helpers import BUCKET, s3_env  # noqa: F401 -- s3_env is a fixture
+from s3_helpers import BUCKET
 
 
 def tune_state(run: str, statuses: dict[str, str]) -> None:

@@ -15,7 +15,7 @@ from objmae_ray.config import SweepSpec
 from objmae_ray.results.page import write_report, write_results
 from objmae_ray.results.records import TrialRecord, records_from_dir
 from objmae_ray.results.stats import pareto_front
-from objmae_ray.results.tables import markdown, paper_table, pivot, results_table
+from objmae_ray.results.tables import Row, csv_text, html_table, markdown, paper_table, pivot, results_table
 from objmae_ray.sweep.rundir import save_spec
 from objmae_ray.sweep.space import TRIAL_INDEX
 from objmae_ray.sweep.spec import load_spec
@@ -258,3 +258,221 @@ def test_table_marks_stopped_and_missing():
     md = markdown(table, pivot(records, table, spec))
     assert "| alpha=0.5 | 1 | 2.0x | 0.5000 | - | - |" in md and "1 stopped" in md
     assert "| alpha=0.25 | 1 | - | - | - | - |" in md and "1 error" in md
+
+
+# ---- every table form, rendered exactly ----------------------------------------------------------------
+# In-memory trial records with known metrics; the expected Markdown / CSV / HTML is written out by hand.
+def spec_of(space: dict, base: dict = BASE, objectives=({"metric": "top1", "mode": "max"},),
+            sampler: str = "grid") -> SweepSpec:
+    body = {"study": "s", "objectives": list(objectives), "sampler": {"kind": sampler}, "base": base,
+            "search_space": space, "significance": "none"}  # the forms alone (noise columns: tests above)
+    if sampler != "grid":
+        body["num_samples"] = 4
+    return SweepSpec.model_validate(body)
+
+
+def record(trial_id: str, params: dict, phases: list[tuple[float, float]], *, speedup: float = 2.0,
+           recon: float = 0.5, images_per_s: float = 100.0, done: bool = True, **last) -> TrialRecord:
+    """A pre-train report, then one report per transfer phase (top1, top5); `last` adds metrics to the last."""
+    history = [{"phase_index": 0, "epoch": 0, "recon_loss": recon, "images_per_s": images_per_s,
+                "speedup_est": speedup, "top1": 0.0, "top5": 0.0, "done": False}]
+    history += [{"phase_index": i, "epoch": 0, "top1": t1, "top5": t5, "speedup_est": speedup, "done": False}
+                for i, (t1, t5) in enumerate(phases, start=1)]
+    history[-1].update(done=done, **last)
+    return TrialRecord(trial_id, params, 0, history)
+
+
+PAPER_NOTE = "mean ± sample std over n finished seeds; top-1/5 in %; speed-up = FLOP ratio vs a supervised ViT step."
+
+
+def paper_markdown(spec: SweepSpec, records: list[TrialRecord]) -> tuple[str, str]:
+    table = paper_table(spec)
+    return table.name, markdown(table, pivot(records, table, spec))
+
+
+def test_table6_exact():
+    spec = spec_of({"selection": {"choices": ["object", "inter", "mae"]}})
+    name, md = paper_markdown(spec, [
+        record("a", {"masking.selection": "mae"}, [(80.0, 90.0)]),
+        record("b", {"masking.selection": "object"}, [(70.0, 91.0)]),
+        record("c", {"masking.selection": "object"}, [(72.0, 91.0)]),
+        record("d", {"masking.selection": "inter"}, [(60.0, 92.5)], done=False),
+        record("e", {"masking.selection": "inter"}, [(61.0, 92.5)], done=False),
+        record("f", {}, [(50.0, 60.0)])])  # a trial without the searched value
+    assert name == "table6_selection"
+    assert md == ("## Table 6 (paper form): Selective regions (intra- vs inter-object) (study s)\n\n"
+                  "| Selective Region | n | Top-1 | Top-5 |\n|---|---|---|---|\n"
+                  "| Intra-object | 2 | 71.00 ± 1.41 | 91.00 |\n"
+                  "| Inter-object | 0 | - | - |\n"
+                  "| Whole image (MAE) | 1 | 80.00 | 90.00 |\n"
+                  "| None | 1 | 50.00 | 60.00 |\n\n"
+                  f"{PAPER_NOTE} 2 stopped or failed trial(s) left out.\n")
+
+
+def test_table7_and_table9_exact():
+    spec = spec_of({"patch_size": {"choices": [16, 8]}, "alpha": {"choices": [0.5, 0.34]},
+                    "selection": {"choices": ["mae", "object"]}})
+    name, md = paper_markdown(spec, [
+        record("a", {"model.patch_size": 8, "masking.alpha": 0.34, "masking.selection": "object"}, [(61.0, 81.0)]),
+        record("b", {"model.patch_size": 16, "masking.alpha": 0.34, "masking.selection": "object"}, [(62.0, 82.0)]),
+        record("c", {"model.patch_size": 16, "masking.alpha": 0.5, "masking.selection": "mae"}, [(63.0, 83.0)])])
+    assert name == "table7_patch_size"
+    assert md == ("## Table 7 (paper form): Model, alpha and patch size (study s)\n\n"  # dims: selection, alpha, patch
+                  "| Model | α | Patch Size | n | Top-1 | Top-5 |\n|---|---|---|---|---|---|\n"
+                  "| MAE | 0.5 | 16 | 1 | 63.00 | 83.00 |\n"
+                  "| ObjMAE | 0.34 | 16 | 1 | 62.00 | 82.00 |\n"
+                  "| ObjMAE | 0.34 | 8 | 1 | 61.00 | 81.00 |\n\n"
+                  f"{PAPER_NOTE}\n")
+    spec = spec_of({"alpha": {"choices": [0.25, 0.125]}, "selection": {"choices": ["cam", "mae"]}})
+    name, md = paper_markdown(spec, [
+        record("a", {"masking.alpha": 0.125, "masking.selection": "cam"}, [(50.0, 70.0)]),
+        record("b", {"masking.alpha": 0.25, "masking.selection": "mae"}, [(51.0, 71.0)])])
+    assert name == "table9_alpha"
+    assert md == ("## Table 9 (paper form): Ablation of alpha for ObjMAE and MAE (study s)\n\n"
+                  "| Model | α | n | Top-1 | Top-5 |\n|---|---|---|---|---|\n"
+                  "| ObjMAE (CAM) | 0.125 | 1 | 50.00 | 70.00 |\n"
+                  "| MAE | 0.25 | 1 | 51.00 | 71.00 |\n\n"
+                  f"{PAPER_NOTE}\n")
+
+
+def test_table4_over_a_range_sorts_by_value():
+    spec = spec_of({"alpha": {"type": "float", "low": 0.05, "high": 0.5}}, sampler="tpe")
+    name, md = paper_markdown(spec, [
+        record("a", {"masking.alpha": 0.5}, [(80.0, 90.0)], speedup=1.9, recon=0.25, images_per_s=50.0),
+        record("b", {"masking.alpha": 0.0625}, [(70.0, 85.0)], speedup=9.2, recon=0.75, images_per_s=410.5),
+        record("c", {"masking.alpha": 0.13793}, [(75.0, 88.0)], speedup=3.6, recon=0.5, images_per_s=150.0)])
+    assert name == "table4_alpha"
+    assert md == ("## Table 4 (paper form): Performance vs. acceleration over alpha (study s)\n\n"
+                  "| α | n | Speed Up | Pre-train img/s | Recon Loss | Top-1 | Top-5 |\n|---|---|---|---|---|---|---|\n"
+                  "| 0.0625 | 1 | 9.2x | 410.5 | 0.7500 | 70.00 | 85.00 |\n"
+                  "| 0.1379 | 1 | 3.6x | 150.0 | 0.5000 | 75.00 | 88.00 |\n"
+                  "| 0.5 | 1 | 1.9x | 50.0 | 0.2500 | 80.00 | 90.00 |\n\n"
+                  f"{PAPER_NOTE}\n")
+
+
+def test_table8_and_ablation_exact():
+    spec = spec_of({"padding": {"choices": ["zero", "random"]}})
+    name, md = paper_markdown(spec, [record("a", {"masking.padding": "random"}, [(1.0, 2.0)]),
+                                     record("b", {"masking.padding": "zero"}, [(3.0, 4.0)])])
+    assert name == "table8_padding"
+    assert md == ("## Table 8 (paper form): Ablation of the padding mode (study s)\n\n"
+                  "| Padding Mode | n | Top-1 | Top-5 |\n|---|---|---|---|\n"
+                  "| Zero | 1 | 3.00 | 4.00 |\n| Random | 1 | 1.00 | 2.00 |\n\n"
+                  f"{PAPER_NOTE}\n")
+    # an int range: numeric order (5 < 10 < 20, not "10" < "20" < "5"); a trial without the value sorts as 0
+    spec = spec_of({"pretrain.epochs": {"type": "int", "low": 5, "high": 20}}, sampler="tpe")
+    name, md = paper_markdown(spec, [
+        record("a", {"pretrain.epochs": 20}, [(3.0, 4.0)]),
+        record("b", {}, [(9.0, 9.5)]),
+        record("c", {"pretrain.epochs": 5}, [(1.0, 2.0)], speedup=2.25),
+        record("d", {"pretrain.epochs": 10}, [(2.0, 3.0)])])
+    assert name == "table_ablation"
+    assert md == ("## Ablation (paper form): Searched settings (study s)\n\n"
+                  "| pretrain.epochs | n | Speed Up | Pre-train img/s | Recon Loss | Top-1 | Top-5 |\n"
+                  "|---|---|---|---|---|---|---|\n"
+                  "| None | 1 | 2.0x | 100.0 | 0.5000 | 9.00 | 9.50 |\n"  # sorts as 0
+                  "| 5 | 1 | 2.2x | 100.0 | 0.5000 | 1.00 | 2.00 |\n"  # 2.25 at one digit: round half to even
+                  "| 10 | 1 | 2.0x | 100.0 | 0.5000 | 2.00 | 3.00 |\n"
+                  "| 20 | 1 | 2.0x | 100.0 | 0.5000 | 3.00 | 4.00 |\n\n"
+                  f"{PAPER_NOTE}\n")
+
+
+def test_table5_exact():
+    folder = {"kind": "folder", "root": "/data/in100"}
+    base = {**BASE, "transfer": [{"mode": "finetune", "epochs": 1, "warmup_epochs": 0, "batch_size": 8, "lr": 1e-3,
+                                  "data": folder},
+                                 {"mode": "linear", "epochs": 1, "warmup_epochs": 0, "batch_size": 8, "lr": 0.1,
+                                  "data": {"kind": "cifar100", "root": "/data/cifar"}}]}
+    spec = spec_of({"selection": {"choices": ["mae", "object"]}}, base=base)
+    name, md = paper_markdown(spec, [record("a", {"masking.selection": "object"}, [(80.0, 95.0), (40.0, 70.0)]),
+                                     record("b", {"masking.selection": "mae"}, [(81.0, 96.0), (41.0, 71.0)])])
+    assert name == "table5_transfer"
+    assert md == ("## Table 5 (paper form): Transfer of the pre-trained encoder to each downstream task (study s)\n\n"
+                  "| Model | n | Speed Up | Fine-tune in100 Top-1 | Fine-tune in100 Top-5 | Linear probe CIFAR-100 Top-1 "
+                  "| Linear probe CIFAR-100 Top-5 |\n|---|---|---|---|---|---|---|\n"
+                  "| MAE | 1 | 2.0x | 81.00 | 96.00 | 41.00 | 71.00 |\n"
+                  "| ObjMAE | 1 | 2.0x | 80.00 | 95.00 | 40.00 | 70.00 |\n\n"
+                  f"{PAPER_NOTE}\n")
+
+
+def test_results_form_exact_in_markdown_csv_and_html():
+    """Two transfer phases (a column for the earlier one), a second objective that is no column yet (val_loss),
+    ranks by the first objective, the Pareto front, statuses."""
+    base = {**BASE, "transfer": [BASE["transfer"][0], {**BASE["transfer"][0], "mode": "linear"}]}
+    spec = spec_of({"alpha": {"choices": [0.5, 0.25]}, "padding": {"choices": ["zero", "random"]}}, base=base,
+                   objectives=({"metric": "top1", "mode": "max"}, {"metric": "val_loss", "mode": "min"}))
+    records = [
+        record("a", {"masking.alpha": 0.5, "masking.padding": "zero"}, [(70.0, 90.0), (50.0, 80.0)], speedup=1.5,
+               val_loss=1.25, pretrain_time_s=10.0),
+        record("b", {"masking.alpha": 0.5, "masking.padding": "zero"}, [(72.0, 90.0), (52.0, 80.0)], speedup=1.5,
+               val_loss=1.75, pretrain_time_s=12.0, done=False),
+        record("c", {"masking.alpha": 0.25, "masking.padding": "random"}, [(60.0, 85.0), (55.0, 79.0)], speedup=3.0,
+               val_loss=2.0, pretrain_time_s=5.0),
+        record("d", {"masking.alpha": 0.25, "masking.padding": "zero"}, [(58.0, 80.0), (40.0, 75.0)], speedup=2.5),
+    ]
+    table = results_table(spec)
+    assert table.name == "results"
+    rows = pivot(records, table, spec)
+    assert markdown(table, rows) == (
+        "## s: 3 configurations, ranked by top1 (max), val_loss (min)\n\n"
+        "| rank | configuration | runs | Speed Up | Recon Loss | Top-1 | Top-5 | top1 1:finetune synthetic | Pre-train s "
+        "| val_loss | Pareto | status |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| 1 | alpha=0.25, padding=random | 1 | 3.0x | 0.5000 | 55.00 | 79.00 | 60.00 | 5.0 | 2.00 | * | 1 done |\n"
+        "| 2 | alpha=0.5, padding=zero | 2 | 1.5x | 0.5000 | 51.00 ± 1.41 | 80.00 | 71.00 ± 1.41 | 11.0 ± 1.4 "
+        "| 1.50 ± 0.35 |  | 1 done, 1 stopped |\n"  # (3.0x, 55) dominates (1.5x, 51) and (2.5x, 40)
+        "| 3 | alpha=0.25, padding=zero | 1 | 2.5x | 0.5000 | 40.00 | 75.00 | 58.00 | - | - |  | 1 done |\n\n"
+        "mean ± sample std over repeats; speed-up = FLOP ratio vs a supervised ViT step; "
+        "Pareto = not dominated in (speed-up, top-1).\n")
+    assert csv_text(table, rows).splitlines() == [
+        "rank,configuration,runs,speedup_mean,speedup_std,recon_loss_mean,recon_loss_std,top1_mean,top1_std,"
+        "top5_mean,top5_std,top1 1:finetune synthetic_mean,top1 1:finetune synthetic_std,pretrain_time_s_mean,"
+        "pretrain_time_s_std,val_loss_mean,val_loss_std",
+        '1,"alpha=0.25, padding=random",1,3,0,0.5,0,55,0,79,0,60,0,5,0,2,0',
+        '2,"alpha=0.5, padding=zero",2,1.5,0,0.5,0,51,1.41421,80,0,71,1.41421,11,1.41421,1.5,0.353553',
+        '3,"alpha=0.25, padding=zero",1,2.5,0,0.5,0,40,0,75,0,58,0,,,,']
+    page = html_table(table, rows[2:])
+    assert page == (
+        "<h2>s: 1 configurations, ranked by top1 (max), val_loss (min)</h2>\n<table><thead><tr>"
+        + "".join(f"<th>{h}</th>" for h in ["rank", "configuration", "runs", "Speed Up", "Recon Loss", "Top-1", "Top-5",
+                                            "top1 1:finetune synthetic", "Pre-train s", "val_loss", "Pareto", "status"])
+        + "</tr></thead><tbody><tr>"
+        + "".join(f"<td>{c}</td>" for c in ["1", "alpha=0.25, padding=zero", "1", "2.5x", "0.5000", "40.00", "75.00",
+                                            "58.00", "-", "-", "*", "1 done"])
+        + "</tr></tbody></table>\n<p class=note>mean ± sample std over repeats; speed-up = FLOP ratio vs a "
+          "supervised ViT step; Pareto = not dominated in (speed-up, top-1).</p>\n")
+    two = html_table(table, rows[:2])
+    assert two.count("<tr>") == 3 and "</tr><tr><td>2</td>" in two  # header row, then one row per configuration
+    assert "<td>alpha=a &lt;b&gt;</td>" in html_table(table, [Row({"masking.alpha": "a <b>"}, mean=rows[0].mean,
+                                                                std=rows[0].std, statuses=["done"])])
+
+
+def test_results_form_of_one_phase_and_a_speedup_objective():
+    """One transfer phase: no per-phase column; speedup_est is the Speed Up column (no second one), ranked on it."""
+    spec = spec_of({"alpha": {"choices": [0.5, 0.25]}}, objectives=({"metric": "speedup_est", "mode": "max"},))
+    table = results_table(spec)
+    assert [c.title for c in table.columns] == ["Speed Up", "Recon Loss", "Top-1", "Top-5", "Pre-train s"]
+    rows = pivot([record("a", {"masking.alpha": 0.5}, [(80.0, 90.0)], speedup=1.9),
+                  record("b", {"masking.alpha": 0.25}, [(70.0, 90.0)], speedup=3.5)], table, spec)
+    assert [r.values["masking.alpha"] for r in rows] == [0.25, 0.5]
+    assert markdown(table, rows).startswith("## s: 2 configurations, ranked by speedup_est (max)\n\n"
+                                            "| rank | configuration | runs | Speed Up | Recon Loss | Top-1 | Top-5 "
+                                            "| Pre-train s | Pareto | status |\n")
+    base = {**BASE, "transfer": [BASE["transfer"][0]] * 3}
+    assert [c.key for c in results_table(spec_of({"alpha": {"choices": [0.5]}}, base=base)).columns] == [
+        "speedup", "recon_loss", "top1", "top5", "top1 1:finetune synthetic", "top1 2:finetune synthetic",
+        "pretrain_time_s"]
+
+
+def test_results_form_ranks_a_min_objective_with_missing_values_last():
+    spec = spec_of({"alpha": {"choices": [0.5, 0.25, 0.125]}}, objectives=({"metric": "val_loss", "mode": "min"},))
+    table = results_table(spec)
+    rows = pivot([record("a", {"masking.alpha": 0.5}, [(80.0, 90.0)], val_loss=0.5),
+                  record("b", {"masking.alpha": 0.25}, [(70.0, 90.0)]),  # never reported val_loss
+                  record("c", {"masking.alpha": 0.125}, [(60.0, 90.0)], val_loss=0.0)], table, spec)
+    assert [r.values["masking.alpha"] for r in rows] == [0.125, 0.5, 0.25]
+
+
+def test_paper_dimensions_in_the_papers_order_then_file_order():
+    spec = spec_of({"pretrain.lr": {"choices": [0.1, 0.01]}, "padding": {"choices": ["zero", "random"]},
+                    "patch_size": {"choices": [16, 8]}, "pretrain.epochs": {"choices": [1, 2]}})
+    assert paper_table(spec).dims == ["model.patch_size", "masking.padding", "pretrain.lr", "pretrain.epochs"]

@@ -9,7 +9,7 @@ import pytest
 from objmae_ray.errors import ConfigError
 from objmae_ray.results.records import records_from_dir
 from objmae_ray.sweep import rundir
-from s3_helpers import BUCKET, free_port, moto_server, s3_env  # noqa: F401 -- s3_env is a fixture
+from s3_helpers import BUCKET, free_port, moto_server
 
 
 def test_uris_stay_uris():

@@ -68,11 +68,20 @@ def test_shipped_file_validates(path, data_env, capsys):
     assert sweep_main(["validate", str(path)]) == 0
     out = capsys.readouterr().out
     spec = load_spec(path)
-    p = plan(spec)
-    assert f"= {p.trials} (concurrency {spec.concurrency})" in out
+    # the trial count from the raw file, not from plan(): the grid's size, the listed rows or num_samples,
+    # times repeats
+    raw = yaml.safe_load(path.read_text())
+    if raw["sampler"]["kind"] == "grid":
+        configurations = math.prod(len(p["choices"]) for p in raw["search_space"].values() if "choices" in p)
+    elif raw["sampler"]["kind"] == "list":
+        configurations = len(raw["configurations"])
+    else:
+        configurations = raw["num_samples"]
+    trials = configurations * raw.get("repeats", 1)
+    assert (plan(spec).configurations, plan(spec).trials) == (configurations, trials)
+    assert f"x {raw.get('repeats', 1)} repeats = {trials} (concurrency {spec.concurrency})" in out
     assert out.strip().endswith(f"{path}: OK")
-    assert p.trials == p.configurations * spec.repeats > 0
-    assert p.gpu_hours > 0
+    assert plan(spec).gpu_hours > 0
 
 
 def test_paper_files_use_the_paper_settings(data_env):
@@ -103,6 +112,10 @@ def test_grid_counts(data_env):
     assert plan(spec).trials == 6  # Table 9's rows (list sampler)
     spec = load_spec(REPO / "search_spaces" / "padding.yaml")
     assert (plan(spec).configurations, plan(spec).trials) == (4, 8)  # 4 modes x 2 seeds
+    # padding does not change a trial's FLOPs: GPU-hours = trials x one base trial's FLOPs / (25 TFLOP/s)
+    hours = 8 * trial_flops(spec.base, spec) / 25e12 / 3600
+    assert plan(spec).gpu_hours == pytest.approx(hours, rel=1e-12)
+    assert plan(spec).gpu_hours_per_trial == pytest.approx(hours / 8, rel=1e-12)
 
 
 def test_env_expansion_default_and_set(tmp_path, monkeypatch):

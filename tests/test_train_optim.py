@@ -17,6 +17,17 @@ def _vit(depth_model: str = "micro"):
     return create_vit_classifier(depth_model, img_size=32, patch_size=8, num_classes=5)
 
 
+def scheduled_lrs(phase, *, updates_per_epoch: int, updates: int):
+    """(optimizer, scheduler, lr of each update 0..updates-1) for a one-layer model at global batch 256."""
+    opt = build_optimizer(torch.nn.Linear(4, 4), phase, global_batch=256)
+    sched = build_lr_schedule(opt, phase, updates_per_epoch=updates_per_epoch)
+    lrs = []
+    for update in range(updates):
+        sched.step_update(update)
+        lrs.append(opt.param_groups[0]["lr"])
+    return opt, sched, lrs
+
+
 def test_lr_scales_with_global_batch_mae_convention():
     assert scaled_lr(1.5e-4, 256) == pytest.approx(1.5e-4)
     assert scaled_lr(1.5e-4, 128) == pytest.approx(7.5e-5)
@@ -59,14 +70,8 @@ def test_layer_decay_groups_follow_depth():
 
 def test_schedule_warmup_peak_cosine_and_min_lr():
     """5 updates/epoch, 2 warm-up epochs of 4: linear min_lr -> peak over 10 updates, cosine to min_lr over 10."""
-    model = torch.nn.Linear(4, 4)
     phase = PretrainConfig(epochs=4, warmup_epochs=2, batch_size=256, lr=1e-3, min_lr=1e-5)
-    opt = build_optimizer(model, phase, global_batch=256)
-    sched = build_lr_schedule(opt, phase, updates_per_epoch=5)
-    lrs = []
-    for update in range(20):
-        sched.step_update(update)
-        lrs.append(opt.param_groups[0]["lr"])
+    opt, sched, lrs = scheduled_lrs(phase, updates_per_epoch=5, updates=20)
     peak = 1e-3
     assert lrs[0] == pytest.approx(1e-5)
     assert lrs[5] == pytest.approx(1e-5 + 5 * (peak - 1e-5) / 10)
@@ -88,13 +93,34 @@ def test_layer_decay_scales_scheduled_lr():
         assert group["lr"] == pytest.approx(1e-3 * group["lr_scale"])
 
 
-def test_all_warmup_phase_is_accepted():
-    model = torch.nn.Linear(2, 2)
-    phase = TransferConfig(epochs=1, warmup_epochs=1, batch_size=8, lr=1e-3)
-    sched = build_lr_schedule(build_optimizer(model, phase, global_batch=8), phase, updates_per_epoch=2)
-    sched.step_update(2)
+def test_all_warmup_phase_ramps_over_the_whole_phase_and_ends_at_the_peak():
+    """epochs == warmup_epochs (2 x 3 updates): update k runs at min_lr + k/6 (peak - min_lr), rising to the
+    peak exactly at the phase's end (update 6), never decaying inside the phase."""
+    phase = TransferConfig(epochs=2, warmup_epochs=2, batch_size=256, lr=1e-3, min_lr=1e-5)
+    opt, _, lrs = scheduled_lrs(phase, updates_per_epoch=3, updates=7)
+    peak = 1e-3
+    assert lrs == pytest.approx([1e-5 + k * (peak - 1e-5) / 6 for k in range(7)], rel=1e-9)
+    assert lrs[6] == pytest.approx(peak, rel=1e-12)
     with pytest.raises(ValueError, match="updates_per_epoch"):
-        build_lr_schedule(build_optimizer(model, phase, global_batch=8), phase, updates_per_epoch=0)
+        build_lr_schedule(opt, phase, updates_per_epoch=0)
+
+
+def test_cls_and_mask_tokens_get_no_weight_decay():
+    """ObjMAE.no_weight_decay keeps the (3-d) tokens out of weight decay, as timm's ViT does; the fixed
+    position embeddings are not trained at all."""
+    model = create_objmae("micro", img_size=32, patch_size=8)
+    assert model.no_weight_decay() == {"cls_token", "mask_token", "pos_embed", "decoder_pos_embed"}
+    opt = build_optimizer(model, PretrainConfig(epochs=2, warmup_epochs=1, batch_size=8, lr=1e-3), global_batch=8)
+    decay_of = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    assert decay_of[id(model.cls_token)] == 0.0 and decay_of[id(model.mask_token)] == 0.0
+    assert decay_of[id(model.decoder_embed.weight)] == 0.05
+    assert id(model.pos_embed) not in decay_of and id(model.decoder_pos_embed) not in decay_of
+    clf = _vit()  # fine-tuning: timm's own rule for its ViT
+    opt = build_optimizer(clf, TransferConfig(epochs=2, warmup_epochs=0, batch_size=8, lr=1e-3), global_batch=8,
+                          layer_decay=0.65)
+    decay_of = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    assert decay_of[id(clf.cls_token)] == 0.0 and decay_of[id(clf.pos_embed)] == 0.0
+    assert decay_of[id(clf.blocks[0].attn.qkv.weight)] == 0.05
 
 
 def test_optimizer_and_scheduler_state_round_trip_weights_only():

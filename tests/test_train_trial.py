@@ -22,6 +22,17 @@ def test_validate_refuses_gpus_on_cpu_cluster():
     check_trial(cfg, cluster_resources={"CPU": 8, "GPU": 1})  # fine with a GPU
 
 
+def test_validate_refuses_too_few_cpus():
+    """Against explicit live resources: a worker needs cpus_per_worker; exactly that many is enough."""
+    cfg = TrialConfig.model_validate({"resources": {"cpus_per_worker": 2.5}})
+    with pytest.raises(ConfigError, match=r"^resources\.cpus_per_worker: 2\.5 but the cluster has 2 CPUs$"):
+        check_trial(cfg, cluster_resources={"CPU": 2.0, "GPU": 4})
+    with pytest.raises(ConfigError, match=r"^resources\.cpus_per_worker: 2\.5 but the cluster has 0 CPUs$"):
+        check_trial(cfg, cluster_resources={})
+    check_trial(cfg, cluster_resources={"CPU": 2.5})
+    check_trial(cfg, cluster_resources={"CPU": 64})
+
+
 def test_validate_refuses_missing_dataset_path(tmp_path):
     missing = tmp_path / "nope"
     cfg = TrialConfig.model_validate({"transfer": [{"data": {"kind": "folder", "root": str(missing)}}]})

@@ -107,13 +107,13 @@ def train_classifier_epoch(model: nn.Module, loader: Iterable, optimizer: torch.
                       seconds=time.perf_counter() - start)
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device) -> dict[str, float]:
     """Top-1 / top-5 (%) and mean cross-entropy over this worker's share of the held-out split, summed over workers.
 
     Each worker must see a disjoint share (no padding duplicates), so counts add up to the split exactly.
     Shares can differ by a batch, so the forward passes use the module without its DDP wrapper (whose
     forward is a collective); its buffers (BatchNorm statistics) are first synchronised from rank 0.
+    No autograd (a `torch.no_grad()` block, not a decorator: mutmut leaves decorated functions alone).
     """
     if isinstance(model, nn.parallel.DistributedDataParallel):
         for buffer in model.module.buffers():
@@ -121,17 +121,18 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device) -> dic
         model = model.module
     model.eval()
     top1, top5, loss_sum, images = 0.0, 0.0, 0.0, 0
-    for imgs, labels in loader:
-        imgs, labels = imgs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-        with autocast(device):
-            logits = model(imgs).float()
-        acc1, acc5 = accuracy(logits, labels, topk=(1, 5))  # percent of this batch
-        n = labels.shape[0]
-        top1 += round(acc1.item() * n / 100.0)  # correct predictions in this batch
-        top5 += round(acc5.item() * n / 100.0)
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
-        images += n
+    with torch.no_grad():
+        for imgs, labels in loader:
+            imgs, labels = imgs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            with autocast(device):
+                logits = model(imgs).float()
+            acc1, acc5 = accuracy(logits, labels, topk=(1, 5))  # percent of this batch
+            n = labels.shape[0]
+            top1 += round(acc1.item() * n / 100.0)  # correct predictions in this batch
+            top5 += round(acc5.item() * n / 100.0)
+            loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+            images += n
     top1, top5, loss_sum, images = all_reduce_sums(top1, top5, loss_sum, images, device=device)
-    images = max(images, 1)
-    return {"top1": 100.0 * top1 / images, "top5": 100.0 * top5 / images, "val_loss": loss_sum / images,
+    seen = max(images, 1)  # an empty split scores 0 and reports 0 images
+    return {"top1": 100.0 * top1 / seen, "top5": 100.0 * top5 / seen, "val_loss": loss_sum / seen,
             "val_images": int(images)}
