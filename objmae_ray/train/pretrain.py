@@ -2,7 +2,8 @@
 
 The masks (selection -> division -> alignment) are sampled on the worker's device from the batch's
 per-patch object maps with a generator the caller seeds per (trial seed, epoch, rank), so a resumed
-epoch draws exactly the masks of the original one.
+epoch draws exactly the masks of the original one. An optional `timer` (objmae_ray/train/speed.py's
+StepTimer) times each step's compute, from the masks to the optimiser step (speedup_measured).
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ class EpochStats:
     steps: int
     seconds: float
     fallback: int = 0  # pre-train only: images with no eligible object (whole image used)
+    step_s: float = float("nan")  # pre-train with a timer: median compute seconds of one step on this worker
 
 
 def autocast(device: torch.device):
@@ -84,7 +86,7 @@ def sample_batch_masks(batch: dict, *, num_patches: int, masking: MaskingConfig,
 def pretrain_epoch(model: nn.Module, loader: Iterable[dict], optimizer: torch.optim.Optimizer, scheduler, *,
                    epoch: int, first_update: int, num_patches: int, masking: MaskingConfig,
                    generator: torch.Generator, device: torch.device,
-                   on_step: StepHook | None = None) -> EpochStats:
+                   on_step: StepHook | None = None, timer=None) -> EpochStats:
     """Train `model` (ObjMAE, maybe DDP-wrapped) for one pass over `loader`.
 
     `first_update` is the global index of this epoch's first optimiser update (for the per-update
@@ -98,6 +100,8 @@ def pretrain_epoch(model: nn.Module, loader: Iterable[dict], optimizer: torch.op
             on_step(epoch, step)
         scheduler.step_update(first_update + step)
         imgs = batch["image"].to(device, non_blocking=True)
+        if timer is not None:
+            timer.start()
         masks = sample_batch_masks(batch, num_patches=num_patches, masking=masking,
                                    generator=generator, device=device)
         with autocast(device):
@@ -106,6 +110,8 @@ def pretrain_epoch(model: nn.Module, loader: Iterable[dict], optimizer: torch.op
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if timer is not None:
+            timer.stop()
         loss_sum += value * imgs.shape[0]
         images += imgs.shape[0]
         fallback += int(masks.fallback.sum())
@@ -113,4 +119,4 @@ def pretrain_epoch(model: nn.Module, loader: Iterable[dict], optimizer: torch.op
     loss_sum, images, fallback = all_reduce_sums(loss_sum, images, fallback, device=device)
     seconds = time.perf_counter() - start
     return EpochStats(loss=loss_sum / max(images, 1), images=int(images), steps=steps,
-                      seconds=seconds, fallback=int(fallback))
+                      seconds=seconds, fallback=int(fallback), step_s=timer.median() if timer else float("nan"))

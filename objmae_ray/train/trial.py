@@ -43,6 +43,7 @@ from objmae_ray.config import TrialConfig, trial_from_dict
 from objmae_ray.errors import ConfigError
 from objmae_ray.train.loop import train_loop_per_worker
 from objmae_ray.train.rules import trial_phases, trial_problems
+from objmae_ray.train.speed import BASELINE_DIR
 
 CHECKPOINTS_TO_KEEP = 2
 
@@ -81,6 +82,8 @@ def check_trial(cfg: TrialConfig, *, cluster_resources: dict | None = None) -> N
         data = phase.data
         if data.root is not None and data.kind != "synthetic" and not Path(data.root).expanduser().is_dir():
             raise ConfigError(f"{path}.data.root: {data.root} not found")
+        if data.store not in (None, "auto") and not Path(data.store).expanduser().is_dir():
+            raise ConfigError(f"{path}.data.store: {data.store} not found (pack it with `objmae-data pack`)")
         if data.ann_file and "{split}" not in data.ann_file:
             ann = Path(data.ann_file)
             ann = ann if ann.is_absolute() or data.root is None else Path(data.root) / ann
@@ -115,7 +118,8 @@ def build_trainer(cfg: TrialConfig, *, storage_path: str, name: str, callbacks: 
         resources["GPU"] = res.gpus_per_worker
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"trial": cfg.model_dump(), "hooks": hooks},
+        train_loop_config={"trial": cfg.model_dump(), "hooks": hooks,
+                           "speed_cache": f"{str(storage_path).rstrip('/')}/{BASELINE_DIR}"},
         scaling_config=ray.train.ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
