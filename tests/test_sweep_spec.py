@@ -231,7 +231,8 @@ def test_cli_validate_prints_problems_and_fails(tmp_path, capsys):
     assert sweep_main(["validate", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: {path}:3: objectives.0.metric: unknown metric 'acc' (choose from top1, top5, recon_loss, "
-                   "speedup_est, pretrain_time_s, val_loss, train_loss, images_per_s, epoch_time_s, fallback_frac) "
+                   "speedup_est, pretrain_time_s, val_loss, train_loss, images_per_s, epoch_time_s, fallback_frac, "
+                   "speedup_measured, data_wait_frac) "
                    "(got 'acc')"]
     assert sweep_main(["validate", str(tmp_path / "missing.yaml")]) == 2
     assert "sweep file not found" in capsys.readouterr().err

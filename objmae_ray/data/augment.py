@@ -1,7 +1,7 @@
 """Augmentation on the training device: packed batches -> what masking and the model consume.
 
 A packed batch (objmae_ray/data/loader.py) holds uint8 `pixels` [B, H, W, C] (each record top-left
-in a batch padded to its largest record; channels 3.. are the object-id layers), `sizes` [B, 2]
+in a batch padded to its largest record; channels 3.. are the object bitmask), `sizes` [B, 2]
 (h, w of each record), `labels` [B] and, for CAM stores, `cams` [B, h, w]. Everything below is batched
 torch on the batch's device (GPU in trials, CPU in tests), one kernel per step, no loop over images:
 
@@ -12,8 +12,8 @@ torch on the batch's device (GPU in trials, CPU in tests), one kernel per step, 
 2. optional horizontal flip, applied to pixels and maps together;
 3. pixels: bilinear resampling of the box to S x S (`grid_sample`, coordinates clamped to each
    record, so padding is never read), ImageNet normalisation;
-4. object ids: nearest sampling at the output pixel centres (as objmae_ray/data/transforms.crop_masks),
-   then per patch and object the pixel count (one `bincount`): `object_patches` = count >= the
+4. object bitmasks: nearest sampling at the output pixel centres (as objmae_ray/data/transforms.crop_masks),
+   then per patch and object the pixel count: `object_patches` = count >= the
    threshold share of the patch (paper: 20%), `object_ratio` = object pixels / crop pixels (eq. 1);
    masking (objmae_ray/method/masking.py) takes its eligible objects (the candidate list) from these;
 5. CAM: mean of the bilinearly upsampled CAM grid over each patch (`roi_align`, as
@@ -98,8 +98,9 @@ def resample_pixels(pixels: Tensor, sizes: Tensor, ys: Tensor, xs: Tensor) -> Te
     return F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
-def nearest_ids(pixels: Tensor, sizes: Tensor, ys: Tensor, xs: Tensor) -> Tensor:
-    """Object-id layers of the record pixel containing each output pixel centre: [B, H, W, 3 + L] -> uint8 [B, S, S, L]."""
+def nearest_masks(pixels: Tensor, sizes: Tensor, ys: Tensor, xs: Tensor) -> Tensor:
+    """Object-bitmask bytes of the record pixel containing each output pixel centre:
+    [B, H, W, 3 + nb] -> uint8 [B, S, S, nb]."""
     B, H, W, C = pixels.shape
     rows = torch.minimum(ys.floor().long(), sizes[:, 0:1].long() - 1)  # [B, S]
     cols = torch.minimum(xs.floor().long(), sizes[:, 1:2].long() - 1)
@@ -107,18 +108,16 @@ def nearest_ids(pixels: Tensor, sizes: Tensor, ys: Tensor, xs: Tensor) -> Tensor
     return pixels.reshape(B * H * W, C)[flat][..., 3:]
 
 
-def patch_counts(ids: Tensor, patch_size: int, max_objects: int) -> Tensor:
-    """Pixels of each object slot inside each patch: ids uint8 [B, S, S, L] (0 none, k = slot k-1; a pixel's
-    layers hold distinct objects; ids above max_objects count as none) -> int64 [B, K, N], N = (S / p)^2 row-major."""
-    B, S = ids.shape[:2]
-    G, K = S // patch_size, max_objects
-    ids = ids.long()
-    ids = torch.where(ids > K, 0, ids)
-    cells = torch.arange(S, device=ids.device) // patch_size
-    patch = cells[:, None] * G + cells[None, :]  # [S, S]
-    key = ((torch.arange(B, device=ids.device)[:, None, None] * (G * G) + patch) * (K + 1))[..., None] + ids
-    counts = torch.bincount(key.reshape(-1), minlength=B * G * G * (K + 1)).view(B, G * G, K + 1)
-    return counts[..., 1:].transpose(1, 2)
+def patch_counts(masks: Tensor, patch_size: int, max_objects: int) -> Tensor:
+    """Pixels of each object slot inside each patch: bitmask bytes uint8 [B, S, S, nb] (bit k of byte k // 8:
+    slot k; slots from max_objects on are ignored) -> int64 [B, K, N], N = (S / p)^2 row-major."""
+    B, S = masks.shape[:2]
+    G, K, p = S // patch_size, max_objects, patch_size
+    shifts = torch.arange(8, device=masks.device, dtype=torch.uint8)
+    bits = (masks[..., None] >> shifts) & 1  # [B, S, S, nb, 8]
+    bits = bits.reshape(B, G, p, G, p, -1)[..., :K]  # [B, G, p, G, p, K]
+    counts = bits.sum((2, 4), dtype=torch.int64)  # [B, G, G, K]
+    return counts.reshape(B, G * G, K).transpose(1, 2)
 
 
 def cam_saliency(cams: Tensor, sizes: Tensor, boxes: Tensor, grid: int, flip: Tensor | None) -> Tensor:
@@ -188,7 +187,7 @@ class DeviceAugment:
         if self.cams:
             out["saliency"] = cam_saliency(batch["cams"], sizes, boxes, self.img_size // self.patch_size, flip)
         elif pixels.shape[-1] > 3:
-            counts = patch_counts(nearest_ids(pixels, sizes, ys, xs), self.patch_size, self.max_objects)
+            counts = patch_counts(nearest_masks(pixels, sizes, ys, xs), self.patch_size, self.max_objects)
             out["object_patches"] = counts >= self.min_pixels
             out["object_ratio"] = counts.sum(-1).double().div(self.img_size ** 2).float()
         return out

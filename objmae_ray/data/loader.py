@@ -73,7 +73,7 @@ class PackedLoader:
             self.sampler = DistributedSampler(view, num_replicas=world_size, rank=rank, shuffle=True)
         else:
             self.sampler = list(range(rank, len(view), world_size))
-        self.generator = augment.generator
+        self.generator = getattr(augment, "generator", None)
         self.wait_s = 0.0  # last pass: seconds blocked waiting for a host batch
         self.gather_s = 0.0  # last pass: seconds the gather threads spent copying
         self.cuda = self.device.type == "cuda"

@@ -52,13 +52,18 @@ PACK_STATE = "pack.json"  # the pack in progress: fingerprint + layout (a resume
 
 @dataclass(frozen=True)
 class Layout:
-    """How images are stored: size bounds, object slots, channels (3 + object-id layers), CAM grid shape."""
+    """How images are stored: size bounds, object slots, whether pixels carry object bitmasks, CAM grid shape."""
 
     short_side: int = 256
     max_side: int = 512
     max_objects: int = 20
-    channels: int = 5  # RGB + 2 id layers (store.py: overlapping instances)
+    objects: bool = True  # per-pixel object bitmask (store.py: overlapping instances)
     cam_shape: tuple[int, int] | None = None
+
+    @property
+    def channels(self) -> int:
+        """RGB + ceil(max_objects / 8) bitmask bytes (objects), else RGB."""
+        return 3 + (-(-self.max_objects // 8) if self.objects else 0)
 
     def as_dict(self) -> dict:
         return {"short_side": self.short_side, "max_side": self.max_side, "max_objects": self.max_objects,
@@ -138,13 +143,12 @@ def coco_record(image_dir: Path, info: dict, anns: list[dict], layout: Layout) -
         if img.size != (W, H):
             raise ValueError(f"image is {img.size[0]}x{img.size[1]}, annotation says {W}x{H}")
         pixels = resize_image(img, size)
-    ids = np.zeros((*size, layout.channels - 3), dtype=np.uint8)
+    bits = np.zeros((*size, layout.channels - 3), dtype=np.uint8)
     ratios = np.zeros(layout.max_objects, dtype=np.float32)
-    for k, ann in enumerate(anns):  # largest first: each pixel's layers end up smallest object first
-        inside = object_mask(ann, (H, W), size).astype(bool)
-        ids[inside] = np.concatenate([np.full((int(inside.sum()), 1), k + 1, np.uint8), ids[inside][:, :-1]], 1)
+    for k, ann in enumerate(anns):  # slot k: the (k+1)-th largest object
+        bits[..., k // 8] |= object_mask(ann, (H, W), size).astype(np.uint8) << (k % 8)
         ratios[k] = ann["area"] / (H * W)
-    return Record(pixels, ids, (H, W), label=int(info.get("label", -1)), source_id=int(info["id"]),
+    return Record(pixels, bits, (H, W), label=int(info.get("label", -1)), source_id=int(info["id"]),
                   ratios=ratios, name=info["file_name"])
 
 
@@ -274,9 +278,9 @@ def folder_source(cfg: DataConfig, split: str, layout: Layout) -> Source:
     rows, cams = {}, None
     if cfg.cam_cache:
         rows, cams, _ = load_cam_cache(cfg.cam_cache)
-        layout = Layout(layout.short_side, layout.max_side, layout.max_objects, 3, tuple(cams.shape[1:]))
+        layout = Layout(layout.short_side, layout.max_side, layout.max_objects, False, tuple(cams.shape[1:]))
     else:
-        layout = Layout(layout.short_side, layout.max_side, layout.max_objects, 3, None)
+        layout = Layout(layout.short_side, layout.max_side, layout.max_objects, False, None)
     entries = [(rel, label, cams[rows[rel]].numpy() if rel in rows else None) for rel, label in relative]
     return Source("folder", split, str(root), fingerprint, layout, classes, entries,
                   lambda part, first: FolderUnit(str(root), part, layout))
@@ -299,7 +303,7 @@ def cifar_source(cfg: DataConfig, split: str, layout: Layout) -> Source:
     except (OSError, KeyError, ValueError, pickle.UnpicklingError, EOFError) as err:
         raise StoreError(f"{path}: unreadable CIFAR-100 file ({type(err).__name__}: {err})") from None
     fingerprint = {"file": str(path), "images": len(labels), "file_sha256": file_sha256(path)}
-    layout = Layout(layout.short_side, layout.max_side, layout.max_objects, 3, None)
+    layout = Layout(layout.short_side, layout.max_side, layout.max_objects, False, None)
     return Source("cifar100", split, str(path), fingerprint, layout, classes, list(range(len(labels))),
                   lambda part, first: ArrayUnit(pixels[part[0]:part[-1] + 1], labels[part[0]:part[-1] + 1],
                                                 first, layout), int(pixels.nbytes))

@@ -8,8 +8,9 @@ Layout of one split (a store holds one directory per packed split):
   STORE/<split>/manifest.json          written last: the split is complete (format, source fingerprint,
                                        layout, classes, shards with record counts and byte sizes)
   STORE/<split>/shard-00000/data.bin   records back to back, each uint8 [h, w, C] row-major:
-                                       C = 3 + L: RGB + L object-id layers (0 none, k = the k-th
-                                       largest object, 1..max_objects); C = 3: RGB only
+                                       C = 3 + ceil(max_objects / 8): RGB + the pixel's object
+                                       bitmask (bit k of the mask bytes, little-endian: inside the
+                                       (k+1)-th largest object); C = 3: RGB only
   STORE/<split>/shard-00000/index.npy  one row per record (INDEX_FIELDS + `ratios` [max_objects])
   STORE/<split>/shard-00000/names.json the source file of each record (for messages)
   STORE/<split>/shard-00000/cams.npy   float16 [n, h, w]: the image's CAM grid (folder + CAM cache)
@@ -18,11 +19,11 @@ Geometry: a record is the whole source image resized (never enlarged) so that it
 `short_side` (default 256) and its long side at most `max_side`: the aspect ratio is kept, so a crop
 box in source pixels maps to the record by one scale per axis (`orig_height / height`).
 
-Overlapping instances: each pixel keeps the ids of the L (default 2) smallest objects that contain
-it, smallest first (layer 0), so a pixel shared by two objects counts for both, as in the JPEG path's
-per-instance masks; only a pixel inside more than L objects drops the largest ones (0.1% of object
-pixels on COCO-mini have 3 or more, 8% have 2). Crowd regions are not objects (as in
-objmae_ray/data/coco.py).
+Overlapping instances: the per-pixel map is a bitmask over the object slots, not a single id, so a
+pixel inside several objects counts for each of them, exactly as the JPEG path's per-instance masks
+(on COCO-mini 8% of object pixels lie in two objects and 0.1% in three or more; one id per pixel
+lost up to 65% of an object's area in a crop). Objects are the `max_objects` largest non-crowd
+instances; crowd regions are not objects (as in objmae_ray/data/coco.py).
 
 Integrity: opening a split checks every shard's file size and index (a truncated or rewritten shard is
 refused, naming the shard and the offset where its data ends); every record carries a CRC-32 that is
@@ -76,7 +77,7 @@ class Record:
     """One packed image: pixels (+ ids) at the stored size, and what the index keeps of it."""
 
     pixels: np.ndarray  # uint8 [h, w, 3]
-    ids: np.ndarray | None  # uint8 [h, w, L] object ids per pixel, smallest object first (0 = none), or None
+    ids: np.ndarray | None  # uint8 [h, w, ceil(K / 8)] object bitmask per pixel (bit k: slot k), or None
     orig_size: tuple[int, int]  # (H, W) of the source image
     label: int = -1
     source_id: int = -1

@@ -101,7 +101,7 @@ class Plan:
     def _rates(self, spec: SweepSpec) -> str:
         if spec.estimate.images_per_core is not None:
             return f"{spec.estimate.images_per_core:,.0f}"
-        paths = sorted({phase.path for _, phases in self.bounds for phase in phases})
+        paths = dict.fromkeys(phase.path for _, phases in self.bounds for phase in phases)  # phase order
         return ", ".join(f"{LOADER_IMAGES_PER_CORE[p]:,.0f} ({'packed' if p == 'packed' else p + ' files'})"
                          for p in paths)
 
