@@ -5,12 +5,12 @@ Measured in one run (prints one JSON object; `--out FILE` also writes it):
                   (decode + random crop + instance masks + patch maps) over ../shared/data/coco-mini (when
                   present) and over the synthetic scenes; wall and CPU time.
   packed          the same sets packed (`objmae-data pack`, short side 256); images/s of one thread doing
-                  the host side of the packed path (PackedLoader: sampler, gather into the reused padded
-                  buffer; `gather_only`: the copies alone), batches of --batch-size, random order.
+                  the host side of the packed path (PackedLoader: sampler, one contiguous copy per record into
+                  its reused buffer), batches of --batch-size, random order.
   ratio           packed host images/s over the JPEG path's, same dataset, same run.
   augment         DeviceAugment (crop + resample + object maps) on --device for one batch of --batch-size
-                  records: ms per batch and images/s; with `step` (an ObjMAE step of --preset at alpha 1/16,
-                  bf16 on CUDA) its share of that step.
+                  records: ms per batch and images/s; `augment_compiled` the same through torch.compile; with
+                  `step` (an ObjMAE step of --preset at alpha 1/16, bf16 on CUDA) their share of that step.
   agreement       the same crop boxes (drawn on the source image by the JPEG path's sampler) through both
                   paths: share of patches whose object labels all agree, object-ratio differences, and the
                   share of images without an eligible object (`fallback_frac`) on each path.
@@ -80,6 +80,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--alpha", type=float, default=0.0625)
     p.add_argument("--quick", action="store_true", help="skip the format comparison")
     p.add_argument("--step", action="store_true", help="time the ObjMAE step on a CPU too (always on CUDA)")
+    p.add_argument("--compile", action="store_true", help="also time the torch.compile'd augmentation (CUDA: default)")
+    p.add_argument("--no-compile", action="store_true", help="CUDA: skip the compiled augmentation")
     p.add_argument("--cache", default=None, help="working dir for the synthetic set and stores (default: temp)")
     p.add_argument("--out", default=None, help="also write the JSON here")
     return p.parse_args(argv)
@@ -103,11 +105,11 @@ def jpeg_rate(dataset, passes: int) -> dict:
 
 
 def packed_rate(view: PackedView, batch_size: int, images: int) -> dict:
-    """One thread: PackedLoader's host side (no augmentation) and the bare gather, over `images` images."""
+    """One thread: PackedLoader's host side (sampler, gather into its reused buffer; no augmentation)."""
     batches = max(1, images // batch_size)
     reps = -(-batches * batch_size // max(len(view), 1))
     repeated = PackedView(view.split, np.tile(view.records, reps))  # a set this small sits in the page cache
-    loader = PackedLoader(repeated, batch_size, augment=lambda batch: batch["pixels"].shape[0],
+    loader = PackedLoader(repeated, batch_size, augment=lambda batch: batch["sizes"].shape[0],
                           device=torch.device("cpu"), workers=0)
     loader.sampler.set_epoch(0)
     next(iter(loader))  # warm-up: buffer allocation, CRC checks of every record
@@ -118,16 +120,6 @@ def packed_rate(view: PackedView, batch_size: int, images: int) -> dict:
         if seen >= batches * batch_size:
             break
     out = {"batch_size": batch_size, "images": seen, **rate(seen, time.perf_counter() - t0, time.process_time() - c0)}
-    buffer = np.empty(repeated.batch_bytes(np.arange(len(repeated))[:batch_size]) * 2, dtype=np.uint8)
-    rng = np.random.default_rng(0)
-    t0, c0 = time.perf_counter(), time.process_time()
-    for _ in range(batches):
-        positions = rng.integers(0, len(repeated), batch_size)
-        need = repeated.batch_bytes(positions)
-        if need > buffer.size:
-            buffer = np.empty(need, dtype=np.uint8)
-        repeated.gather(positions, buffer)
-    out["gather_only"] = rate(batches * batch_size, time.perf_counter() - t0, time.process_time() - c0)
     out["bytes_per_image"] = float(np.mean(view.heights * view.widths * view.split.channels))
     return out
 
@@ -138,13 +130,17 @@ def device_batch(view: PackedView, batch_size: int, device: torch.device) -> dic
     return {k: torch.from_numpy(v).to(device) for k, v in view.gather(positions, buffer).items()}
 
 
-def time_augment(view: PackedView, args, device: torch.device) -> tuple[dict, dict]:
-    """ms per DeviceAugment call on one batch (median of 5 after a warm-up); returns (result, a batch)."""
+def time_augment(view: PackedView, args, device: torch.device, compile: bool) -> tuple[dict, dict]:
+    """ms per DeviceAugment call on one batch (median of 5 after a warm-up); returns (result, its output)."""
     batch = device_batch(view, args.batch_size, device)
     augment = DeviceAugment(purpose="pretrain", img_size=args.img_size, patch_size=args.patch_size,
-                            generator=torch.Generator(device=device).manual_seed(0))
+                            generator=torch.Generator(device=device).manual_seed(0), channels=view.split.channels,
+                            compile=compile)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    out = augment(batch)
+    t0 = time.perf_counter()
+    out = augment(batch)  # warm-up (compilation)
+    sync()
+    first_s = time.perf_counter() - t0
     times = []
     for _ in range(5):
         sync()
@@ -153,8 +149,9 @@ def time_augment(view: PackedView, args, device: torch.device) -> tuple[dict, di
         sync()
         times.append(time.perf_counter() - t0)
     ms = 1e3 * statistics.median(times)
-    return {"batch_size": args.batch_size, "padded_batch": list(batch["pixels"].shape), "ms_per_batch": ms,
-            "images_per_s": args.batch_size / ms * 1e3, "torch_threads": torch.get_num_threads()}, out
+    return {"compiled": compile, "batch_size": args.batch_size, "batch_mb": batch["data"].numel() / 1e6,
+            "ms_per_batch": ms, "images_per_s": args.batch_size / ms * 1e3, "first_call_s": first_s,
+            "torch_threads": torch.get_num_threads()}, out
 
 
 def time_step(args, device: torch.device, sample: dict) -> dict:
@@ -187,8 +184,8 @@ def time_step(args, device: torch.device, sample: dict) -> dict:
 
 def agreement(reference, packed, args, passes: int) -> dict:
     """Same boxes on the same source through both paths (module docstring)."""
-    augment = DeviceAugment(purpose="pretrain", img_size=args.img_size, patch_size=args.patch_size,
-                            max_objects=reference.max_objects, train=False)
+    augment = DeviceAugment(purpose="pretrain", img_size=args.img_size, channels=packed.channels,
+                            patch_size=args.patch_size, max_objects=reference.max_objects, train=False)
     row_of = {int(s): i for i, s in enumerate(packed.index["source_id"])}
     torch.manual_seed(0)
     patches = agree = object_patches = object_agree = 0
@@ -249,16 +246,16 @@ def formats(view: PackedView, batch_size: int, images: int, tmp: Path) -> dict:
     C = view.split.channels
     buffer = np.empty(batch_size * int(view.heights.max()) * int(view.widths.max()) * C, dtype=np.uint8)
 
-    def arrow_batches():
+    def arrow_batches():  # the same flat batch as PackedView.gather: records back to back
         source = pa.memory_map(str(arrow), "r")
         mapped = pa.ipc.open_file(source).read_all()
         for _ in range(batches):
             picked = mapped.take(pa.array(rng.integers(0, len(records), batch_size)))
-            heights, widths = picked["height"].to_numpy(), picked["width"].to_numpy()
-            hb, wb = heights.max(), widths.max()
-            pixels = buffer[:batch_size * hb * wb * C].reshape(batch_size, hb, wb, C)
-            for i, blob in enumerate(picked["data"].chunks[0]):
-                pixels[i, :heights[i], :widths[i]] = np.frombuffer(blob.as_buffer(), np.uint8).reshape(heights[i], widths[i], C)
+            position = 0
+            for blob in picked["data"].chunks[0]:
+                body = np.frombuffer(blob.as_buffer(), np.uint8)
+                buffer[position:position + body.size] = body
+                position += body.size
 
     def memmap_batches():
         for _ in range(batches):
@@ -267,19 +264,20 @@ def formats(view: PackedView, batch_size: int, images: int, tmp: Path) -> dict:
     tar_path = tmp / "records.tar"
     with tarfile.open(tar_path, "w") as tar:
         for i, r in enumerate(records):
-            info = tarfile.TarInfo(f"{i:06d}.{r.shape[0]}x{r.shape[1]}.bin")
+            info = tarfile.TarInfo(f"{i:06d}.bin")
             info.size = r.nbytes
             tar.addfile(info, io.BytesIO(r.tobytes()))
 
     def tar_batches():
-        done = 0
+        done, position = 0, 0
         while done < batches * batch_size:  # WebDataset reads shards front to back (shuffle: a sample buffer)
             with tarfile.open(tar_path, "r") as tar:
-                for i, member in enumerate(tar):
-                    h, w = map(int, member.name.split(".")[1].split("x"))
-                    k = done % batch_size
-                    pixels = buffer[:batch_size * h * w * C].reshape(batch_size, h, w, C)
-                    pixels[k] = np.frombuffer(tar.extractfile(member).read(), np.uint8).reshape(h, w, C)
+                for member in tar:
+                    if done % batch_size == 0:
+                        position = 0
+                    body = np.frombuffer(tar.extractfile(member).read(), np.uint8)
+                    buffer[position:position + body.size] = body
+                    position += body.size
                     done += 1
                     if done >= batches * batch_size:
                         break
@@ -330,19 +328,29 @@ def main(argv=None) -> dict:
             result[name] = entry
         headline = result["coco"] if "coco" in sets else result["synthetic"]
         view = PackedView(packed, np.arange(len(packed)))
-        augment, sample = time_augment(view, args, device)
+        augment, sample = time_augment(view, args, device, compile=False)
         augment["dataset"] = "coco" if "coco" in sets else "synthetic"
         result["augment"] = augment
+        if args.compile or (device.type == "cuda" and not args.no_compile):
+            try:
+                result["augment_compiled"], _ = time_augment(view, args, device, compile=True)
+            except Exception as err:  # noqa: BLE001 -- a compiler failure is a result to report, not a crash
+                result["augment_compiled"] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:300]}"}
         if device.type == "cuda" or args.step:
             step = result["step"] = time_step(args, device, sample)
-            augment["share_of_step"] = augment["ms_per_batch"] / step["ms_per_step"]
-            augment["meets_target_5pct"] = augment["share_of_step"] < TARGET_AUG_SHARE
+            for entry in (augment, result.get("augment_compiled", {})):
+                if "ms_per_batch" in entry:
+                    entry["share_of_step"] = entry["ms_per_batch"] / step["ms_per_step"]
+                    entry["meets_target_5pct"] = entry["share_of_step"] < TARGET_AUG_SHARE
         if not args.quick:
             result["formats"] = formats(view, args.batch_size, args.packed_images // 2, tmp)
+        compiled = result.get("augment_compiled", {})
         result["headline"] = {"packed_host_images_per_s": headline["packed"]["images_per_s"],
                               "jpeg_images_per_s": headline["jpeg"]["images_per_s"], "ratio": headline["ratio"],
                               "augment_ms_per_batch": augment["ms_per_batch"],
-                              "augment_share_of_step": augment.get("share_of_step")}
+                              "augment_share_of_step": augment.get("share_of_step"),
+                              "augment_compiled_ms_per_batch": compiled.get("ms_per_batch"),
+                              "augment_compiled_share_of_step": compiled.get("share_of_step")}
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:

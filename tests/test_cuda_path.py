@@ -53,13 +53,25 @@ def test_augmentation_on_the_device_equals_the_cpu(device, split):
     batch = host_batch(split, np.arange(16))
     boxes = random_resized_boxes(batch["sizes"], scale=(0.2, 1.0), generator=torch.Generator().manual_seed(0))
     flip = torch.arange(16) % 3 == 0
-    augment = DeviceAugment(purpose="pretrain", img_size=32, patch_size=8, train=True, hflip=True)
+    augment = DeviceAugment(purpose="pretrain", img_size=32, channels=split.channels, patch_size=8, train=True, hflip=True)
     on_cpu = augment(batch, boxes=boxes, flip=flip)
     on_device = augment({k: v.to(device) for k, v in batch.items()}, boxes=boxes.to(device), flip=flip.to(device))
     assert on_device["image"].device.type == device.type
     assert torch.equal(on_device["object_patches"].cpu(), on_cpu["object_patches"])
     assert torch.equal(on_device["object_ratio"].cpu(), on_cpu["object_ratio"])
     assert torch.allclose(on_device["image"].cpu(), on_cpu["image"], atol=1e-4)
+
+
+@pytest.mark.slow
+def test_compiled_augmentation_equals_eager(device, split):
+    """OBJMAE_COMPILE_AUGMENT=1 (torch.compile of the crop): the same maps and pixels as eager on the device."""
+    batch = {k: v.to(device) for k, v in host_batch(split, np.arange(16)).items()}
+    boxes = random_resized_boxes(batch["sizes"], scale=(0.2, 1.0), generator=torch.Generator(device=device).manual_seed(1))
+    kwargs = dict(purpose="pretrain", img_size=32, channels=split.channels, patch_size=8, train=True)
+    eager, compiled = DeviceAugment(**kwargs)(batch, boxes=boxes), DeviceAugment(**kwargs, compile=True)(batch, boxes=boxes)
+    assert torch.equal(compiled["object_patches"], eager["object_patches"])
+    assert torch.equal(compiled["object_ratio"], eager["object_ratio"])
+    assert torch.allclose(compiled["image"], eager["image"], atol=1e-4)
 
 
 def test_loader_copies_the_cpu_bytes_to_the_device(device, split):
@@ -76,7 +88,7 @@ def test_loader_copies_the_cpu_bytes_to_the_device(device, split):
 
 
 def test_masks_on_the_device_are_reproducible(device, split):
-    augment = DeviceAugment(purpose="pretrain", img_size=32, patch_size=8, train=False)
+    augment = DeviceAugment(purpose="pretrain", img_size=32, channels=split.channels, patch_size=8, train=False)
     out = augment({k: v.to(device) for k, v in host_batch(split, np.arange(8)).items()})
 
     def draw(seed):

@@ -15,7 +15,7 @@ from objmae_ray.config import DataConfig
 from objmae_ray.data import build_pretrain_dataset, coco as coco_module, ensure_synthetic
 from objmae_ray.data.coco import CocoObjects
 from objmae_ray.data.augment import (DeviceAugment, cam_saliency, center_boxes, patch_counts, random_resized_boxes,
-                                     whole_boxes)
+                                     resample_pixels, sample_points, whole_boxes)
 from objmae_ray.data.cam import cam_patch_saliency
 from objmae_ray.data.loader import PackedView
 from objmae_ray.data.pack import Layout, pack_split, source_for
@@ -33,7 +33,7 @@ def single_batch(split, row: int) -> dict:
 
 def same_boxes(reference, split, *, img_size: int, patch_size: int, passes: int, seed: int = 0):
     """Yield (JPEG-path sample, packed sample) for `passes` random boxes per image, drawn on the source image."""
-    augment = DeviceAugment(purpose="pretrain", img_size=img_size, patch_size=patch_size,
+    augment = DeviceAugment(purpose="pretrain", img_size=img_size, channels=split.channels, patch_size=patch_size,
                             max_objects=reference.max_objects, train=False)
     row_of = {int(s): i for i, s in enumerate(split.index["source_id"])}
     torch.manual_seed(seed)
@@ -114,6 +114,26 @@ def test_crop_sampler_follows_torchvision():
     assert abs(ours - theirs) < 0.02  # same distribution of crop areas (sampling error ~0.004)
 
 
+def test_bilinear_taps_equal_grid_sample_on_each_record():
+    """The gathered bilinear resampling is grid_sample (align_corners, border padding) on every record alone."""
+    g = torch.Generator().manual_seed(0)
+    shapes = [(37, 50), (64, 23), (5, 7)]
+    records = [torch.randint(0, 256, (h, w, 4), dtype=torch.uint8, generator=g) for h, w in shapes]
+    batch = {"data": torch.cat([r.reshape(-1) for r in records]),
+             "starts": torch.tensor([0, 37 * 50, 37 * 50 + 64 * 23]), "sizes": torch.tensor(shapes)}
+    boxes = torch.tensor([[3.5, 2.0, 30.0, 41.0], [0, 0, 64, 23], [1, 1, 3, 5]], dtype=torch.float64)
+    flip = torch.tensor([False, True, False])
+    ys, xs = sample_points(boxes, 16, flip)
+    ours = resample_pixels(batch["data"], 4, batch["starts"], batch["sizes"], ys, xs)
+    for b, (h, w) in enumerate(shapes):
+        u = ((ys[b] - 0.5).clamp(0, h - 1) / max(h - 1, 1) * 2 - 1).float()
+        v = ((xs[b] - 0.5).clamp(0, w - 1) / max(w - 1, 1) * 2 - 1).float()
+        grid = torch.stack([v[None, :].expand(16, 16), u[:, None].expand(16, 16)], -1)[None]
+        image = records[b][..., :3].permute(2, 0, 1)[None].float()
+        theirs = torch.nn.functional.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=True)
+        assert torch.allclose(ours[b], theirs[0], atol=1e-3)
+
+
 def test_whole_and_centre_boxes():
     sizes = torch.tensor([[480, 640], [32, 32]])
     assert whole_boxes(sizes).tolist() == [[0, 0, 480, 640], [0, 0, 32, 32]]
@@ -142,7 +162,7 @@ def test_flip_mirrors_pixels_and_object_maps(synthetic_pair):
     _, split = synthetic_pair
     view = PackedView(split, np.arange(4))
     batch = {k: torch.from_numpy(v) for k, v in view.gather(np.arange(4), np.empty(view.batch_bytes(np.arange(4)), np.uint8)).items()}
-    augment = DeviceAugment(purpose="pretrain", img_size=32, patch_size=8, train=False)
+    augment = DeviceAugment(purpose="pretrain", img_size=32, channels=split.channels, patch_size=8, train=False)
     boxes = torch.tensor([[3, 5, 40, 50], [0, 0, 64, 64], [10, 2, 30, 30], [1, 1, 60, 33]], dtype=torch.float64)
     plain = augment(batch, boxes=boxes, flip=torch.zeros(4, dtype=torch.bool))
     flipped = augment(batch, boxes=boxes, flip=torch.tensor([True, True, False, True]))
@@ -174,18 +194,20 @@ def test_classification_batches_follow_the_bit_recipe(synthetic_pair):
     _, split = synthetic_pair
     view = PackedView(split, np.arange(8))
     batch = {k: torch.from_numpy(v) for k, v in view.gather(np.arange(8), np.empty(view.batch_bytes(np.arange(8)), np.uint8)).items()}
-    evaluate = DeviceAugment(purpose="classify", img_size=32, train=False)
+    evaluate = DeviceAugment(purpose="classify", img_size=32, channels=split.channels, train=False)
     images, labels = evaluate(batch)
     assert images.shape == (8, 3, 32, 32) and labels.tolist() == split.index["label"][:8].tolist()
     # torchvision's resize (64 -> 37) + centre crop (32) of a smooth image: the same picture up to the
     # half-pixel rounding of CenterCrop (0.5 px of a 2-level-per-pixel ramp: ~0.02 normalised)
     y, x = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
     ramp = torch.stack([2 * x + y, 2 * y + x, x + y], -1).to(torch.uint8)  # [64, 64, 3]
-    smooth = {"pixels": ramp[None], "sizes": torch.tensor([[64, 64]]), "labels": torch.tensor([0])}
+    smooth = {"data": ramp.reshape(-1), "starts": torch.tensor([0]), "sizes": torch.tensor([[64, 64]]),
+              "labels": torch.tensor([0])}
     theirs = T.Compose([T.Resize(round(32 / 0.875), antialias=True), T.CenterCrop(32),
                         T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])(ramp.permute(2, 0, 1).float() / 255)
-    assert (evaluate(smooth)[0][0] - theirs).abs().max() < 0.05
-    train = DeviceAugment(purpose="classify", img_size=32, train=True, crop_scale=(0.35, 1.0),
+    rgb_only = DeviceAugment(purpose="classify", img_size=32, train=False, channels=3)
+    assert (rgb_only(smooth)[0][0] - theirs).abs().max() < 0.05
+    train = DeviceAugment(purpose="classify", img_size=32, channels=split.channels, train=True, crop_scale=(0.35, 1.0),
                           generator=torch.Generator().manual_seed(0))
     a, _ = train(batch)
     b, _ = train(batch)

@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import socket
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -267,3 +268,46 @@ def test_ray_tasks_pack_the_same_store(ray_session, synthetic_root, tmp_path):
     pack(cfg, tmp_path / "serial", shard_size=8)
     pack_split(source_for(cfg, "train", img_size=64), tmp_path / "ray", shard_size=8, executor="ray", progress=False)
     assert files(tmp_path / "serial") == files(tmp_path / "ray")
+
+
+def test_cam_store_gives_the_jpeg_paths_saliency(tmp_path):
+    """A folder packed with its CAM cache: the same boxes give CamFolder's per-patch saliency; a store
+    packed without one is refused for selection cam."""
+    import timm
+
+    from objmae_ray.data.augment import DeviceAugment
+    from objmae_ray.data.cam import build_cam_cache
+    from objmae_ray.data.folder import CamFolder
+    from objmae_ray.data.loader import PackedView
+    from objmae_ray.data.transforms import CropBox
+
+    root = tmp_path / "folder" / "train"
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(rng.integers(0, 256, (300 + 40 * i, 400, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
+    torch.manual_seed(0)
+    model = timm.create_model("resnet10t", pretrained=False, num_classes=5).eval()
+    build_cam_cache(root, tmp_path / "cam.safetensors", model=model, model_name="resnet10t", img_size=64)
+    cfg = DataConfig(kind="folder", root=str(tmp_path / "folder"), cam_cache=str(tmp_path / "cam.safetensors"))
+    pack(cfg, tmp_path / "store")
+    split = open_split(tmp_path / "store", "train")
+    reference = CamFolder(root, cfg.cam_cache, img_size=32, patch_size=8, random_crop=True)
+    augment = DeviceAugment(purpose="pretrain", img_size=32, patch_size=8, train=False, cams=True, channels=3)
+    box = CropBox(20, 30, 200, 250)
+    for i, (rel, _) in enumerate(reference.samples):
+        with mock.patch("objmae_ray.data.folder.sample_crop", lambda *a, **k: box):
+            expected = reference[i]["saliency"]
+        row = [split.describe(r).endswith(f"({rel})") for r in range(len(split))].index(True)
+        view = PackedView(split, [row])
+        batch = {k: torch.from_numpy(v) for k, v in view.gather(np.array([0]), np.empty(view.batch_bytes([0]), np.uint8)).items()}
+        sy, sx = split.index["height"][row] / split.index["orig_height"][row], split.index["width"][row] / split.index["orig_width"][row]
+        scaled = torch.tensor([[box.top * sy, box.left * sx, box.height * sy, box.width * sx]], dtype=torch.float64)
+        assert torch.allclose(augment(batch, boxes=scaled)["saliency"][0], expected, atol=2e-3)  # float16 grids
+    plain = DataConfig(kind="folder", root=str(tmp_path / "folder"))
+    pack(plain, tmp_path / "plain")
+    with pytest.raises(StoreError, match=r"plain/train: packed without a CAM cache, but masking.selection 'cam'"):
+        build_packed_loader(plain.model_copy(update={"store": str(tmp_path / "plain")}), purpose="pretrain",
+                            split="train", img_size=32, patch_size=8, batch_size=2, device=torch.device("cpu"),
+                            selection="cam")

@@ -17,6 +17,7 @@ augments on the training device (augment.py, loader.py): same samples, same dict
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 import torch
@@ -113,6 +114,7 @@ def build_packed_loader(cfg: DataConfig, *, purpose: str, split: str, img_size: 
     train = split_name(cfg, split) == cfg.train_split
     packed = open_packed(cfg, split, img_size=img_size, seed=seed)
     generator = torch.Generator(device=device)
+    compile = os.environ.get("OBJMAE_COMPILE_AUGMENT") == "1"  # torch.compile the crop (augment.py)
     if purpose == "pretrain":
         if cfg.max_objects > packed.max_objects:
             raise StoreError(f"data.max_objects: {cfg.max_objects}, but {packed.path} keeps {packed.max_objects} "
@@ -120,13 +122,15 @@ def build_packed_loader(cfg: DataConfig, *, purpose: str, split: str, img_size: 
         records = pretrain_records(packed, selection=selection, min_ratio=min_ratio)
         augment = DeviceAugment(purpose="pretrain", img_size=img_size, patch_size=patch_size,
                                 patch_threshold=patch_threshold, max_objects=cfg.max_objects,
-                                train=train, hflip=cfg.hflip, cams=selection == "cam", generator=generator)
+                                train=train, hflip=cfg.hflip, cams=selection == "cam", generator=generator,
+                                channels=packed.channels, compile=compile)
     else:
         records = np.flatnonzero(packed.index["label"] >= 0)
         if not len(records) or not packed.classes:
             raise StoreError(f"{packed.path}: images carry no labels; not a classification set")
         augment = DeviceAugment(purpose="classify", img_size=img_size, train=train,
-                                crop_scale=classification_crop_scale(cfg), generator=generator)
+                                crop_scale=classification_crop_scale(cfg), generator=generator,
+                                channels=packed.channels, compile=compile)
     loader = PackedLoader(PackedView(packed, records), batch_size, augment=augment, device=device, rank=rank,
                           world_size=world_size, shuffle=train, drop_last=train, workers=cfg.loader_workers)
     loader.num_classes = len(packed.classes or [])

@@ -1,17 +1,20 @@
 """Augmentation on the training device: packed batches -> what masking and the model consume.
 
-A packed batch (objmae_ray/data/loader.py) holds uint8 `pixels` [B, H, W, C] (each record top-left
-in a batch padded to its largest record; channels 3.. are the object bitmask), `sizes` [B, 2]
-(h, w of each record), `labels` [B] and, for CAM stores, `cams` [B, h, w]. Everything below is batched
-torch on the batch's device (GPU in trials, CPU in tests), one kernel per step, no loop over images:
+A packed batch (objmae_ray/data/loader.py) holds its records back to back, unpadded, in one uint8 tensor
+`data`: record b starts at pixel row `starts[b]` of `data.view(-1, C)` and is [h_b, w_b, C] (C = 3 + the
+object-bitmask bytes, or 3); plus `sizes` [B, 2] (h, w), `labels` [B] and, for CAM stores, `cams`
+[B, h, w]. Only image bytes cross the host and the PCIe bus (padding the batch to its largest record
+would double them on COCO). Everything below is batched torch on the batch's device (GPU in trials,
+CPU in tests), no loop over images:
 
 1. crop boxes: torchvision's `RandomResizedCrop` sampler vectorised (10 attempts, then the central
    crop), the whole image (pre-training eval), or BiT's resize + centre crop (classification eval);
    boxes are float (top, left, height, width) in record pixels, so boxes drawn on the source image
    map exactly (`box * height / orig_height`);
 2. optional horizontal flip, applied to pixels and maps together;
-3. pixels: bilinear resampling of the box to S x S (`grid_sample`, coordinates clamped to each
-   record, so padding is never read), ImageNet normalisation;
+3. pixels: bilinear resampling of the box to S x S (the four neighbours of every output pixel centre
+   gathered by index from the flat batch, coordinates clamped to each record: what `grid_sample` with
+   align_corners=True and border padding computes on one image), ImageNet normalisation;
 4. object bitmasks: nearest sampling at the output pixel centres (as objmae_ray/data/transforms.crop_masks),
    then per patch and object the pixel count: `object_patches` = count >= the
    threshold share of the patch (paper: 20%), `object_ratio` = object pixels / crop pixels (eq. 1);
@@ -24,7 +27,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import Tensor
 from torchvision.ops import roi_align
@@ -85,27 +87,34 @@ def sample_points(boxes: Tensor, size: int, flip: Tensor | None) -> tuple[Tensor
     return ys, xs
 
 
-def resample_pixels(pixels: Tensor, sizes: Tensor, ys: Tensor, xs: Tensor) -> Tensor:
-    """Bilinear RGB at (ys, xs), clamped to each record: pixels uint8 [B, H, W, C] -> float [B, 3, S, S] (0..255)."""
-    B, H, W, _ = pixels.shape
-    image = pixels[..., :3].permute(0, 3, 1, 2).float()  # [B, 3, H, W]
-    u = torch.minimum((ys - 0.5).clamp_min(0), sizes[:, 0:1] - 1)  # index coordinates, pixel centre at k
-    v = torch.minimum((xs - 0.5).clamp_min(0), sizes[:, 1:2] - 1)
-    gy = (u / max(H - 1, 1) * 2 - 1).float()  # align_corners=True: -1 and 1 are the first / last pixel centres
-    gx = (v / max(W - 1, 1) * 2 - 1).float()
-    S_y, S_x = ys.shape[1], xs.shape[1]
-    grid = torch.stack([gx[:, None, :].expand(B, S_y, S_x), gy[:, :, None].expand(B, S_y, S_x)], -1)
-    return F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=True)
+def record_index(starts: Tensor, sizes: Tensor, rows: Tensor, cols: Tensor) -> Tensor:
+    """Pixel row (in data.view(-1, C)) of (rows [B, S], cols [B, S]) in each record -> int64 [B, S, S]."""
+    return starts[:, None, None] + rows[:, :, None] * sizes[:, 1, None, None] + cols[:, None, :]
 
 
-def nearest_masks(pixels: Tensor, sizes: Tensor, ys: Tensor, xs: Tensor) -> Tensor:
-    """Object-bitmask bytes of the record pixel containing each output pixel centre:
-    [B, H, W, 3 + nb] -> uint8 [B, S, S, nb]."""
-    B, H, W, C = pixels.shape
+def resample_pixels(data: Tensor, channels: int, starts: Tensor, sizes: Tensor, ys: Tensor, xs: Tensor) -> Tensor:
+    """Bilinear RGB at record coordinates (ys [B, S], xs [B, S]), clamped to each record -> float [B, 3, S, S] (0..255)."""
+    h, w = sizes[:, 0:1].long(), sizes[:, 1:2].long()
+    u = torch.minimum((ys - 0.5).clamp_min(0), h - 1)  # index coordinates: pixel k's centre at k
+    v = torch.minimum((xs - 0.5).clamp_min(0), w - 1)
+    y0, x0 = u.floor().long(), v.floor().long()
+    step_y = (torch.minimum(y0 + 1, h - 1) - y0) * w  # [B, S]: 0 on the last row
+    step_x = torch.minimum(x0 + 1, w - 1) - x0  # [B, S]: 0 on the last column
+    wy = (u - y0).float()[:, :, None, None]  # [B, S, 1, 1]
+    wx = (v - x0).float()[:, None, :, None]  # [B, 1, S, 1]
+    rgb = data.view(-1, channels)[:, :3]
+    index = record_index(starts.long(), sizes.long(), y0, x0)  # top-left neighbour
+    down, right = step_y[:, :, None], step_x[:, None, :]
+    top = torch.lerp(rgb[index].float(), rgb[index + right].float(), wx)
+    bottom = torch.lerp(rgb[index + down].float(), rgb[index + down + right].float(), wx)
+    return torch.lerp(top, bottom, wy).permute(0, 3, 1, 2)
+
+
+def nearest_masks(data: Tensor, channels: int, starts: Tensor, sizes: Tensor, ys: Tensor, xs: Tensor) -> Tensor:
+    """Object-bitmask bytes of the record pixel containing each output pixel centre -> uint8 [B, S, S, C - 3]."""
     rows = torch.minimum(ys.floor().long(), sizes[:, 0:1].long() - 1)  # [B, S]
     cols = torch.minimum(xs.floor().long(), sizes[:, 1:2].long() - 1)
-    flat = (torch.arange(B, device=pixels.device)[:, None, None] * (H * W) + rows[:, :, None] * W + cols[:, None, :])
-    return pixels.reshape(B * H * W, C)[flat][..., 3:]
+    return data.view(-1, channels)[:, 3:][record_index(starts.long(), sizes.long(), rows, cols)]
 
 
 def patch_counts(masks: Tensor, patch_size: int, max_objects: int) -> Tensor:
@@ -113,10 +122,9 @@ def patch_counts(masks: Tensor, patch_size: int, max_objects: int) -> Tensor:
     slot k; slots from max_objects on are ignored) -> int64 [B, K, N], N = (S / p)^2 row-major."""
     B, S = masks.shape[:2]
     G, K, p = S // patch_size, max_objects, patch_size
-    shifts = torch.arange(8, device=masks.device, dtype=torch.uint8)
-    bits = (masks[..., None] >> shifts) & 1  # [B, S, S, nb, 8]
-    bits = bits.reshape(B, G, p, G, p, -1)[..., :K]  # [B, G, p, G, p, K]
-    counts = bits.sum((2, 4), dtype=torch.int64)  # [B, G, G, K]
+    slot = torch.arange(K, device=masks.device)
+    bits = (masks[..., slot // 8] >> (slot % 8).to(torch.uint8)) & 1  # [B, S, S, K]
+    counts = bits.reshape(B, G, p, G, p, K).sum((2, 4), dtype=torch.int64)  # [B, G, G, K]
     return counts.reshape(B, G * G, K).transpose(1, 2)
 
 
@@ -137,11 +145,23 @@ def cam_saliency(cams: Tensor, sizes: Tensor, boxes: Tensor, grid: int, flip: Te
     return pooled.reshape(B, grid * grid).clamp(0, 1)
 
 
+def crop_batch(data: Tensor, starts: Tensor, sizes: Tensor, ys: Tensor, xs: Tensor, *, channels: int,
+               patch_size: int, max_objects: int, objects: bool) -> tuple[Tensor, Tensor | None]:
+    """Steps 3-4 at the sample points: (normalised image [B, 3, S, S], object pixels per patch [B, K, N] or None).
+
+    One function so that `torch.compile` can fuse its gathers and arithmetic (DeviceAugment(compile=True)).
+    """
+    image = normalize(resample_pixels(data, channels, starts, sizes, ys, xs))
+    if not objects:
+        return image, None
+    return image, patch_counts(nearest_masks(data, channels, starts, sizes, ys, xs), patch_size, max_objects)
+
+
 def normalize(image: Tensor) -> Tensor:
-    """float [B, 3, S, S] in 0..255 -> ImageNet-normalised."""
+    """float [B, 3, S, S] in 0..255 -> ImageNet-normalised: (x / 255 - mean) / std in one multiply-add."""
     mean = torch.tensor(IMAGENET_DEFAULT_MEAN, device=image.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_DEFAULT_STD, device=image.device).view(1, 3, 1, 1)
-    return (image / 255.0 - mean) / std
+    return torch.addcmul(-mean / std, image, 1.0 / (255.0 * std))
 
 
 class DeviceAugment:
@@ -152,17 +172,22 @@ class DeviceAugment:
     as objmae_ray/data/coco.CocoObjects / folder.CamFolder. purpose "classify": -> (image, labels [B]).
     `train`: random resized crop (scale `crop_scale`) and, for pre-training only when `hflip`, a flip
     (classification always flips in training, as BiT); otherwise the whole record (pre-training) or
-    BiT's centre crop (classification). `generator` lives on the batch's device.
+    BiT's centre crop (classification). `generator` lives on the batch's device; `channels`: the store's.
+    `compile`: run `crop_batch` through torch.compile (dynamic shapes; fuses the gathers: 4x faster on a
+    CPU core, one compilation of ~25 s first); objmae_ray/data/__init__.py turns it on with
+    OBJMAE_COMPILE_AUGMENT=1.
     """
 
-    def __init__(self, *, purpose: str, img_size: int, patch_size: int = 16, patch_threshold: float = 0.2,
-                 max_objects: int = 20, train: bool = True, crop_scale: tuple[float, float] = (0.2, 1.0),
-                 hflip: bool = False, cams: bool = False, generator: torch.Generator | None = None):
-        self.purpose, self.img_size, self.patch_size = purpose, img_size, patch_size
+    def __init__(self, *, purpose: str, img_size: int, channels: int, patch_size: int = 16,
+                 patch_threshold: float = 0.2, max_objects: int = 20, train: bool = True,
+                 crop_scale: tuple[float, float] = (0.2, 1.0), hflip: bool = False, cams: bool = False,
+                 generator: torch.Generator | None = None, compile: bool = False):
+        self.purpose, self.img_size, self.patch_size, self.channels = purpose, img_size, patch_size, channels
         self.min_pixels = math.ceil(patch_threshold * patch_size * patch_size - 1e-9)  # as data/patches.py
         self.max_objects, self.train, self.crop_scale = max_objects, train, crop_scale
         self.hflip = hflip or (purpose == "classify" and train)
         self.cams, self.generator = cams, generator
+        self.crop_batch = torch.compile(crop_batch, dynamic=True) if compile else crop_batch
 
     def boxes(self, sizes: Tensor) -> Tensor:
         if self.train:
@@ -176,18 +201,19 @@ class DeviceAugment:
 
     def __call__(self, batch: dict, boxes: Tensor | None = None, flip: Tensor | None = None):
         """batch: a packed batch on the device; `boxes` / `flip` override the sampled ones (agreement checks)."""
-        pixels, sizes = batch["pixels"], batch["sizes"]
+        data, starts, sizes, C = batch["data"], batch["starts"], batch["sizes"], self.channels
         boxes = self.boxes(sizes) if boxes is None else boxes
-        flip = self.flips(len(sizes), pixels.device) if flip is None else flip
+        flip = self.flips(len(sizes), data.device) if flip is None else flip
         ys, xs = sample_points(boxes, self.img_size, flip)
-        image = normalize(resample_pixels(pixels, sizes, ys, xs))
+        objects = self.purpose == "pretrain" and not self.cams and C > 3
+        image, counts = self.crop_batch(data, starts, sizes, ys, xs, channels=C, patch_size=self.patch_size,
+                                        max_objects=self.max_objects, objects=objects)
         if self.purpose == "classify":
             return image, batch["labels"]
         out = {"image": image}
         if self.cams:
             out["saliency"] = cam_saliency(batch["cams"], sizes, boxes, self.img_size // self.patch_size, flip)
-        elif pixels.shape[-1] > 3:
-            counts = patch_counts(nearest_masks(pixels, sizes, ys, xs), self.patch_size, self.max_objects)
+        elif objects:
             out["object_patches"] = counts >= self.min_pixels
             out["object_ratio"] = counts.sum(-1).double().div(self.img_size ** 2).float()
         return out

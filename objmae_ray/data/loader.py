@@ -1,10 +1,10 @@
 """Batches from a packed store onto the training device, and the input-wait clock of every loader.
 
 The host side only slices: for each batch, a gather thread copies the batch's records out of the
-memory-mapped shards into a reusable (on CUDA: pinned) buffer, padded to the batch's largest record;
-the batch is copied to the device on a side stream, and objmae_ray/data/augment.py's DeviceAugment
-turns it into model inputs there. `loader_workers` gather threads run ahead by as many batches
-(numpy releases the GIL while copying).
+memory-mapped shards, back to back, into a reusable (on CUDA: pinned) buffer (one contiguous copy per
+record, no padding); the batch is copied to the device on a side stream, and objmae_ray/data/augment.py's
+DeviceAugment turns it into model inputs there. `loader_workers` gather threads run ahead by as many
+batches (numpy releases the GIL while copying).
 
 `PackedLoader` follows the DataLoader contract the train loop relies on: `len()` batches per epoch,
 `sampler` (a DistributedSampler over the rank's share, re-seeded by the loop each epoch), `generator`
@@ -37,21 +37,23 @@ class PackedView:
         return len(self.records)
 
     def batch_bytes(self, positions) -> int:
-        """Bytes of the padded batch of these positions."""
-        return len(positions) * int(self.heights[positions].max()) * int(self.widths[positions].max()) * self.split.channels
+        """Bytes of the records at these positions."""
+        return int((self.heights[positions] * self.widths[positions]).sum()) * self.split.channels
 
     def gather(self, positions: np.ndarray, buffer: np.ndarray) -> dict[str, np.ndarray]:
-        """Copy the records at `positions` into `buffer` (flat uint8, >= batch_bytes) -> numpy batch:
-        pixels uint8 [B, hb, wb, C] (a view of buffer; padding left as is), sizes int32 [B, 2],
-        labels int64 [B], cams float16 [B, h, w] (CAM stores)."""
+        """Copy the records at `positions` back to back into `buffer` (flat uint8, >= batch_bytes) -> numpy
+        batch: data uint8 [batch_bytes] (a view of buffer), starts int64 [B] (first pixel row of each record
+        in data.reshape(-1, C)), sizes int32 [B, 2], labels int64 [B], cams float16 [B, h, w] (CAM stores)."""
         records = self.records[positions]
-        hb, wb, C = int(self.heights[positions].max()), int(self.widths[positions].max()), self.split.channels
-        pixels = buffer[:len(positions) * hb * wb * C].reshape(len(positions), hb, wb, C)
-        for i, record in enumerate(records):
-            body = self.split.record(int(record))
-            pixels[i, :body.shape[0], :body.shape[1]] = body
+        pixels = self.heights[positions] * self.widths[positions]
+        starts = np.concatenate([[0], np.cumsum(pixels)[:-1]]).astype(np.int64)
+        C = self.split.channels
+        data = buffer[:int(pixels.sum()) * C]
+        for start, count, record in zip(starts, pixels, records):
+            data[start * C:(start + count) * C] = self.split.record(int(record)).reshape(-1)
         index = self.split.index[records]
-        batch = {"pixels": pixels, "sizes": np.stack([index["height"], index["width"]], 1).astype(np.int32),
+        batch = {"data": data, "starts": starts,
+                 "sizes": np.stack([index["height"], index["width"]], 1).astype(np.int32),
                  "labels": index["label"].astype(np.int64)}
         if self.split.cams is not None:
             batch["cams"] = self.split.cams[records]

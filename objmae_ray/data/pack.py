@@ -451,7 +451,9 @@ def _run_units(todo: list[tuple[int, object]], split_dir: Path, *, workers: int,
             pending = set(pending)
             on_done(*ray.get(ready[0]))
         return
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("forkserver")) as pool:
+    context = get_context("forkserver")  # no fork of a threaded parent; the server imports this module once
+    context.set_forkserver_preload([__name__])
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         pending = {pool.submit(pack_shard, unit, str(split_dir), number) for number, unit in todo}
         try:
             while pending:
