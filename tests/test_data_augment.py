@@ -121,7 +121,8 @@ def test_bilinear_taps_equal_grid_sample_on_each_record():
     records = [torch.randint(0, 256, (h, w, 4), dtype=torch.uint8, generator=g) for h, w in shapes]
     batch = {"data": torch.cat([r.reshape(-1) for r in records]),
              "starts": torch.tensor([0, 37 * 50, 37 * 50 + 64 * 23]), "sizes": torch.tensor(shapes)}
-    boxes = torch.tensor([[3.5, 2.0, 30.0, 41.0], [0, 0, 64, 23], [1, 1, 3, 5]], dtype=torch.float64)
+    # the last record's box touches its right and bottom edges: taps there must stay inside it (the data ends)
+    boxes = torch.tensor([[3.5, 2.0, 30.0, 41.0], [0, 0, 64, 23], [1, 1, 4, 6]], dtype=torch.float64)
     flip = torch.tensor([False, True, False])
     ys, xs = sample_points(boxes, 16, flip)
     ours = resample_pixels(batch["data"], 4, batch["starts"], batch["sizes"], ys, xs)

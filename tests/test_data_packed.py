@@ -118,8 +118,10 @@ def test_interrupted_pack_continues_and_keeps_finished_shards(synthetic_root, tm
     with pytest.raises(StoreError, match="incomplete packed split"):
         open_split(tmp_path / "store", "train")
     first = (split_dir / "shard-00000" / "data.bin").stat()
-    monkeypatch.setattr(pack_module, "pack_shard", real)
+    packed = []
+    monkeypatch.setattr(pack_module, "pack_shard", lambda unit, d, number: packed.append(number) or real(unit, d, number))
     pack(cfg, tmp_path / "store", shard_size=10)
+    assert packed == [1, 2]  # the finished shard is not packed again
     again = (split_dir / "shard-00000" / "data.bin").stat()
     assert (again.st_ino, again.st_mtime_ns) == (first.st_ino, first.st_mtime_ns)  # not rewritten
     pack(cfg, tmp_path / "fresh", shard_size=10)

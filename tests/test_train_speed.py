@@ -125,3 +125,26 @@ def test_store_rules():
     cam = TrialConfig.model_validate({"masking": {"selection": "cam"},
                                       "pretrain": {"data": {"kind": "folder", "store": "/stores/in100"}}})
     assert trial_problems(cam) == []  # the store holds the CAM grids (checked when it opens)
+
+
+@pytest.mark.parametrize("store", [None, "auto"])
+def test_data_wait_frac_is_the_share_spent_waiting_and_speedup_the_step_time_ratio(tmp_path, monkeypatch, store):
+    """A slow input (0.2 s per batch, JPEG path or store) shows in data_wait_frac; speedup_measured is the
+    baseline step time over the median ObjMAE step time."""
+    from objmae_ray.data import coco
+    from objmae_ray.data.loader import PackedView
+
+    cfg = with_data(tiny_config(str(tmp_path / "cache")), store=store, loader_workers=0)
+    if store:
+        gather = PackedView.gather
+        monkeypatch.setattr(PackedView, "gather", lambda self, *a: time.sleep(0.2) or gather(self, *a))
+    else:
+        load = coco.CocoObjects._load
+        monkeypatch.setattr(coco.CocoObjects, "_load", lambda self, i: time.sleep(0.025) or load(self, i))  # x 8 images
+    monkeypatch.setattr("objmae_ray.train.loop.baseline_step_seconds", lambda *a, **k: 1.5)
+    monkeypatch.setattr(speed.StepTimer, "median", lambda self: 0.5)
+    run = run_local(cfg, tmp_path / "run")
+    pretrain = [r for r in run.reports if r["phase"] == "pretrain"]
+    for r in pretrain:  # 4 batches x 0.2 s of waiting per epoch, inside the epoch's time
+        assert 0.8 <= r["data_wait_frac"] * r["epoch_time_s"] <= r["epoch_time_s"], r
+    assert all(r["speedup_measured"] == 3.0 for r in run.reports)

@@ -378,8 +378,6 @@ def pack_shard(unit, split_dir: str, number: int) -> tuple[int, dict]:
     split_dir = Path(split_dir)
     name = shard_name(number)
     final = split_dir / name
-    if (final / SHARD_META).is_file():
-        return number, json.loads((final / SHARD_META).read_text())
     records, skipped = unit.load()
     tmp = split_dir / f"{_tmp_prefix(name)}{os.getpid()}-{uuid.uuid4().hex[:8]}"
     layout = unit.layout
