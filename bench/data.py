@@ -40,24 +40,22 @@ import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import torch
 from timm.optim import create_optimizer_v2
-from torchvision import transforms as T
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from objmae_ray.config import DataConfig  # noqa: E402
-from objmae_ray.data import build_pretrain_dataset, coco as coco_module  # noqa: E402
+from objmae_ray.data import build_pretrain_dataset  # noqa: E402
+from objmae_ray.data.agreement import agreement, same_box_samples  # noqa: E402
 from objmae_ray.data.augment import DeviceAugment  # noqa: E402
 from objmae_ray.data.loader import PackedLoader, PackedView  # noqa: E402
 from objmae_ray.data.pack import Layout, pack_split, source_for  # noqa: E402
 from objmae_ray.data.store import open_split  # noqa: E402
-from objmae_ray.data.transforms import CropBox  # noqa: E402
-from objmae_ray.method.masking import eligible_objects, sample_masks  # noqa: E402
+from objmae_ray.method.masking import sample_masks  # noqa: E402
 from objmae_ray.method.model import create_objmae  # noqa: E402
 
 TARGET_HOST_IPS, TARGET_RATIO, TARGET_AUG_SHARE = 5000, 20, 0.05
@@ -182,50 +180,16 @@ def time_step(args, device: torch.device, sample: dict) -> dict:
             "ms_per_step": ms, "images_per_s": args.batch_size / ms * 1e3}
 
 
-def agreement(reference, packed, args, passes: int) -> dict:
-    """Same boxes on the same source through both paths (module docstring)."""
-    augment = DeviceAugment(purpose="pretrain", img_size=args.img_size, channels=packed.channels,
-                            patch_size=args.patch_size, max_objects=reference.max_objects, train=False)
-    row_of = {int(s): i for i, s in enumerate(packed.index["source_id"])}
+def agreement_check(reference, packed, args, passes: int) -> dict:
+    """Same boxes on the same source through both paths (objmae_ray/data/agreement.py), against the targets."""
     torch.manual_seed(0)
-    patches = agree = object_patches = object_agree = 0
-    diffs, fallback_ref, fallback_packed, crops = [], 0, 0, 0
-    for index in range(len(reference)):
-        info = reference.coco.imgs[reference.image_ids[index]]
-        row = row_of[info["id"]]
-        view = PackedView(packed, [row])
-        batch = {k: torch.from_numpy(v) for k, v in
-                 view.gather(np.array([0]), np.empty(view.batch_bytes([0]), np.uint8)).items()}
-        H, W = info["height"], info["width"]
-        sy, sx = packed.index["height"][row] / H, packed.index["width"][row] / W
-        for _ in range(passes):
-            top, left, h, w = T.RandomResizedCrop.get_params(torch.empty(1, H, W), scale=[0.2, 1.0], ratio=[3 / 4, 4 / 3])
-            with mock.patch.object(coco_module, "sample_crop", lambda *a, **k: CropBox(top, left, h, w)):
-                ref = reference._load(index)
-            out = augment(batch, boxes=torch.tensor([[top * sy, left * sx, h * sy, w * sx]], dtype=torch.float64))
-            mine, theirs = out["object_patches"][0], ref["object_patches"]
-            same = (mine == theirs).all(0)
-            covered = (mine | theirs).any(0)
-            patches += same.numel()
-            agree += int(same.sum())
-            object_patches += int(covered.sum())
-            object_agree += int((same & covered).sum())
-            present = (ref["object_ratio"] > 0) | (out["object_ratio"][0] > 0)
-            diffs += (out["object_ratio"][0] - ref["object_ratio"])[present].abs().tolist()
-            fallback_ref += not bool(eligible_objects(theirs[None], ref["object_ratio"][None], 0.05).any())
-            fallback_packed += not bool(eligible_objects(mine[None], out["object_ratio"], 0.05).any())
-            crops += 1
-    diffs = np.asarray(diffs)
-    result = {
-        "crops": crops, "patch_labels_agree": agree / patches, "object_patch_labels_agree": object_agree / max(object_patches, 1),
-        "object_ratio_abs_diff": {"mean": float(diffs.mean()), "p99": float(np.quantile(diffs, 0.99)),
-                                  "max": float(diffs.max()), "share_within_0.01": float((diffs <= 0.01).mean())},
-        "fallback_frac": {"jpeg": fallback_ref / crops, "packed": fallback_packed / crops},
-    }
+    result = agreement(same_box_samples(reference, packed, img_size=args.img_size, patch_size=args.patch_size,
+                                        passes=passes))
+    fallback = result["fallback_frac"]
     result["meets_targets"] = {
         "patch_labels_ge_99pct": result["patch_labels_agree"] >= 0.99,
         "object_ratio_mean_within_0.01": result["object_ratio_abs_diff"]["mean"] <= 0.01,
-        "fallback_within_2_points": abs(fallback_ref - fallback_packed) / crops <= 0.02,
+        "fallback_within_2_points": abs(fallback["jpeg"] - fallback["packed"]) <= 0.02,
     }
     return result
 
@@ -322,7 +286,7 @@ def main(argv=None) -> dict:
             entry["ratio"] = entry["packed"]["images_per_s"] / entry["jpeg"]["images_per_s"]
             entry["ratio_cpu_time"] = (entry["packed"]["images_per_s_cpu_time"]
                                        / entry["jpeg"]["images_per_s_cpu_time"])
-            entry["agreement"] = agreement(reference, packed, args, args.agreement_passes)
+            entry["agreement"] = agreement_check(reference, packed, args, args.agreement_passes)
             entry["meets_targets"] = {"packed_ge_5000_per_core": entry["packed"]["images_per_s"] >= TARGET_HOST_IPS,
                                       "packed_ge_20x_jpeg": entry["ratio"] >= TARGET_RATIO}
             result[name] = entry

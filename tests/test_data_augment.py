@@ -3,7 +3,6 @@ against torchvision and brute force."""
 from __future__ import annotations
 
 import math
-from unittest import mock
 
 import numpy as np
 import pytest
@@ -12,7 +11,8 @@ from hypothesis import given, settings, strategies as st
 from torchvision import transforms as T
 
 from objmae_ray.config import DataConfig
-from objmae_ray.data import build_pretrain_dataset, coco as coco_module, ensure_synthetic
+from objmae_ray.data import build_pretrain_dataset, ensure_synthetic
+from objmae_ray.data.agreement import agreement, same_box_samples
 from objmae_ray.data.coco import CocoObjects
 from objmae_ray.data.augment import (DeviceAugment, cam_saliency, center_boxes, patch_counts, random_resized_boxes,
                                      resample_pixels, sample_points, whole_boxes)
@@ -21,35 +21,8 @@ from objmae_ray.data.loader import PackedView
 from objmae_ray.data.pack import Layout, pack_split, source_for
 from objmae_ray.data.store import open_split
 from objmae_ray.data.transforms import CropBox
-from objmae_ray.method.masking import eligible_objects
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
-
-
-def single_batch(split, row: int) -> dict:
-    view = PackedView(split, [row])
-    return {k: torch.from_numpy(v) for k, v in view.gather(np.array([0]), np.empty(view.batch_bytes([0]), np.uint8)).items()}
-
-
-def same_boxes(reference, split, *, img_size: int, patch_size: int, passes: int, seed: int = 0):
-    """Yield (JPEG-path sample, packed sample) for `passes` random boxes per image, drawn on the source image."""
-    augment = DeviceAugment(purpose="pretrain", img_size=img_size, channels=split.channels, patch_size=patch_size,
-                            max_objects=reference.max_objects, train=False)
-    row_of = {int(s): i for i, s in enumerate(split.index["source_id"])}
-    torch.manual_seed(seed)
-    for index in range(len(reference)):
-        info = reference.coco.imgs[reference.image_ids[index]]
-        row = row_of[info["id"]]
-        batch = single_batch(split, row)
-        H, W = info["height"], info["width"]
-        sy, sx = split.index["height"][row] / H, split.index["width"][row] / W
-        for _ in range(passes):
-            top, left, h, w = T.RandomResizedCrop.get_params(torch.empty(1, H, W), scale=[0.2, 1.0], ratio=[3 / 4, 4 / 3])
-            with mock.patch.object(coco_module, "sample_crop", lambda *a, **k: CropBox(top, left, h, w)):
-                ref = reference._load(index)
-            box = torch.tensor([[top * sy, left * sx, h * sy, w * sx]], dtype=torch.float64)
-            out = augment(batch, boxes=box)
-            yield ref, {k: v[0] for k, v in out.items()}
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +39,8 @@ def synthetic_pair(tmp_path_factory):
 
 def test_same_boxes_give_the_jpeg_paths_object_maps_exactly_on_synthetic(synthetic_pair):
     reference, split = synthetic_pair
-    pairs = list(same_boxes(reference, split, img_size=32, patch_size=8, passes=4))
+    torch.manual_seed(0)
+    pairs = list(same_box_samples(reference, split, img_size=32, patch_size=8, passes=4))
     assert len(pairs) == 64
     for ref, out in pairs:
         assert torch.equal(out["object_patches"], ref["object_patches"])
@@ -79,20 +53,12 @@ def test_coco_mini_agreement_targets(shared_data, tmp_path):
     cfg = DataConfig(kind="coco", root=str(shared_data / "coco-mini"), train_split="val2017")
     pack_split(source_for(cfg, "train", Layout()), tmp_path, executor="serial", progress=False)
     reference = build_pretrain_dataset(cfg, img_size=224, patch_size=16, split="train")
-    split = open_split(tmp_path, "val2017")
-    agree = patches = fallback_ref = fallback_packed = crops = 0
-    diffs = []
-    for ref, out in same_boxes(reference, split, img_size=224, patch_size=16, passes=2):
-        same = (out["object_patches"] == ref["object_patches"]).all(0)
-        agree, patches = agree + int(same.sum()), patches + same.numel()
-        present = (ref["object_ratio"] > 0) | (out["object_ratio"] > 0)
-        diffs += (out["object_ratio"] - ref["object_ratio"])[present].abs().tolist()
-        fallback_ref += not eligible_objects(ref["object_patches"][None], ref["object_ratio"][None], 0.05).any()
-        fallback_packed += not eligible_objects(out["object_patches"][None], out["object_ratio"][None], 0.05).any()
-        crops += 1
-    assert agree / patches >= 0.99
-    assert np.mean(diffs) <= 0.01 and np.quantile(diffs, 0.99) <= 0.01
-    assert abs(fallback_ref - fallback_packed) / crops <= 0.02
+    torch.manual_seed(0)
+    result = agreement(same_box_samples(reference, open_split(tmp_path, "val2017"), img_size=224, patch_size=16,
+                                        passes=2))
+    assert result["crops"] == 2 * len(reference) and result["patch_labels_agree"] >= 0.99
+    assert result["object_ratio_abs_diff"]["mean"] <= 0.01 and result["object_ratio_abs_diff"]["p99"] <= 0.01
+    assert abs(result["fallback_frac"]["jpeg"] - result["fallback_frac"]["packed"]) <= 0.02
 
 
 def test_crop_sampler_follows_torchvision():
@@ -157,6 +123,17 @@ def test_patch_counts_match_brute_force(seed, patch, objects):
             for n in range(G * G):
                 r, c = divmod(n, G)
                 assert counts[b, k, n] == int(inside[b, r * patch:(r + 1) * patch, c * patch:(c + 1) * patch, k].sum())
+
+
+def test_agreement_summary_on_known_pairs():
+    """One object slot, a 2-patch grid: the pair differs in one patch and by 0.1 in ratio; no eligible
+    object on the packed side only."""
+    ref = {"object_patches": torch.tensor([[True, True]]), "object_ratio": torch.tensor([0.3])}
+    out = {"object_patches": torch.tensor([[True, False]]), "object_ratio": torch.tensor([0.2])}
+    result = agreement([(ref, out), (ref, ref)])
+    assert result["patch_labels_agree"] == 3 / 4 and result["object_patch_labels_agree"] == 3 / 4
+    assert result["object_ratio_abs_diff"]["max"] == pytest.approx(0.1) and result["crops"] == 2
+    assert result["fallback_frac"] == {"jpeg": 0.0, "packed": 0.5}  # one patch is too small a region
 
 
 def test_flip_mirrors_pixels_and_object_maps(synthetic_pair):

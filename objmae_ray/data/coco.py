@@ -118,12 +118,13 @@ class CocoObjects(Dataset):
     def describe(self, index: int) -> str:
         return str(self.image_dir / self.coco.imgs[self.image_ids[index]]["file_name"])
 
-    def _load(self, index: int) -> dict[str, torch.Tensor]:
+    def _load(self, index: int, box: CropBox | None = None) -> dict[str, torch.Tensor]:
+        """Sample `index` cropped to `box` (default: a random box, or the whole image without random crops)."""
         info = self.coco.imgs[self.image_ids[index]]
         with Image.open(self.image_dir / info["file_name"]) as img:
             if img.size != (info["width"], info["height"]):
                 raise ValueError(f"image is {img.size[0]}x{img.size[1]}, annotation says {info['width']}x{info['height']}")
-            box = sample_crop(img, random=self.random_crop, scale=self.crop_scale)
+            box = box or sample_crop(img, random=self.random_crop, scale=self.crop_scale)
             image = crop_image(img, box, self.img_size)
         anns = self.objects[info["id"]]
         masks = torch.from_numpy(self.crop_object_masks(anns, box))  # [k, S, S]
