@@ -191,3 +191,18 @@ def test_classification_batches_follow_the_bit_recipe(synthetic_pair):
     b, _ = train(batch)
     assert not torch.equal(a, b) and a.shape == images.shape
     assert math.isclose(train.flips(10000, torch.device("cpu")).float().mean().item(), 0.5, abs_tol=0.02)
+
+
+def test_jpeg_path_flips_image_and_maps_together_when_asked(synthetic_pair, monkeypatch):
+    """data.hflip on the JPEG path: a flipped sample is the unflipped one mirrored (pixels and patch maps)."""
+    reference, _ = synthetic_pair
+    scenes = reference.image_dir.parent
+    kwargs = dict(img_size=32, patch_size=8, random_crop=False)
+    plain = CocoObjects(scenes / "train", scenes / "annotations" / "instances_train.json", **kwargs)[3]
+    flipping = CocoObjects(scenes / "train", scenes / "annotations" / "instances_train.json", hflip=True, **kwargs)
+    real_rand = torch.rand
+    monkeypatch.setattr(torch, "rand", lambda *a, **k: torch.zeros(()) if a == ((),) else real_rand(*a, **k))
+    flipped = flipping[3]
+    assert torch.equal(flipped["image"], plain["image"].flip(-1))
+    mirror = plain["object_patches"].reshape(-1, 4, 4).flip(-1).reshape(plain["object_patches"].shape)
+    assert torch.equal(flipped["object_patches"], mirror) and torch.equal(flipped["object_ratio"], plain["object_ratio"])

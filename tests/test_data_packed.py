@@ -307,6 +307,13 @@ def test_cam_store_gives_the_jpeg_paths_saliency(tmp_path):
         sy, sx = split.index["height"][row] / split.index["orig_height"][row], split.index["width"][row] / split.index["orig_width"][row]
         scaled = torch.tensor([[box.top * sy, box.left * sx, box.height * sy, box.width * sx]], dtype=torch.float64)
         assert torch.allclose(augment(batch, boxes=scaled)["saliency"][0], expected, atol=2e-3)  # float16 grids
+        with mock.patch("objmae_ray.data.folder.sample_crop", lambda *a, **k: box), \
+                mock.patch("objmae_ray.data.folder.torch.rand", lambda *a: torch.zeros(())):
+            reference.hflip = True
+            flipped = reference[i]["saliency"]  # the JPEG path's flip of image and saliency together
+            reference.hflip = False
+        mirrored = augment(batch, boxes=scaled, flip=torch.tensor([True]))["saliency"][0]
+        assert torch.allclose(mirrored, flipped, atol=2e-3) and not torch.allclose(flipped, expected, atol=2e-3)
     plain = DataConfig(kind="folder", root=str(tmp_path / "folder"))
     pack(plain, tmp_path / "plain")
     with pytest.raises(StoreError, match=r"plain/train: packed without a CAM cache, but masking.selection 'cam'"):

@@ -50,10 +50,10 @@ def build_pretrain_dataset(cfg: DataConfig, *, img_size: int, patch_size: int, p
         image_dir, ann_file = coco_paths(cfg, name, img_size=img_size, seed=seed)
         return CocoObjects(image_dir, ann_file, img_size=img_size, patch_size=patch_size,
                            patch_threshold=patch_threshold, max_objects=cfg.max_objects, min_ratio=min_ratio,
-                           random_crop=random_crop)
+                           random_crop=random_crop, hflip=cfg.hflip and random_crop)
     if cfg.kind == "folder":
         return CamFolder(dataset_root(cfg) / name, cfg.cam_cache, img_size=img_size, patch_size=patch_size,
-                         random_crop=random_crop)
+                         random_crop=random_crop, hflip=cfg.hflip and random_crop)
     raise ConfigError(f"data.kind: '{cfg.kind}' has no object or CAM information; use it for fine-tuning only")
 
 

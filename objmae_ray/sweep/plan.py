@@ -31,8 +31,10 @@ DATASET_IMAGES = {"coco": (118_287, 0), "folder": (126_689, 5_000), "cifar100": 
 PLAN_SAMPLE = 64  # configurations the estimate averages over (endpoints of ranges)
 SHOWN_CONFIGURATIONS = 8  # configurations whose bounds are printed one per line
 # Images/s one CPU core delivers at 224 px, by data path (bench/data.py on a 2-core EPYC VM, one thread,
-# bench/RESULTS.md): the packed store's gather, and each kind's decode path in a DataLoader worker
-# (COCO: JPEG + instance masks; synthetic: PNG + masks; folder: JPEG; CIFAR-100: 32 px arrays resized).
+# bench/RESULTS.md), rounded down: the packed store's host side (COCO-mini: 8,251 wall / 13,003-13,803
+# CPU-time images/s measured; 5,000 is issue 11's floor), and each kind's decode path in a DataLoader
+# worker (COCO: JPEG + instance masks, 153-244 measured; synthetic: PNG + masks, 239-323; folder: JPEG
+# decode + crop, not measured, taken as COCO's without masks; CIFAR-100: 32 px arrays resized, estimated).
 LOADER_IMAGES_PER_CORE = {"packed": 5000.0, "coco": 200.0, "synthetic": 320.0, "folder": 250.0, "cifar100": 1000.0}
 
 
