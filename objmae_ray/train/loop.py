@@ -12,9 +12,10 @@ schedulers always find the metric), images_per_s, epoch_time_s (train + eval), p
 (cumulative pre-train compute time), speedup_est (method/flops.py), speedup_measured (supervised ViT
 step time / ObjMAE step time on this device, train/speed.py; NaN until measured; the last pre-train
 value in transfer phases), data_wait_frac (share of the epoch's training time spent waiting for input),
-fallback / fallback_frac (images that had no eligible object), lr, loop_start_at / first_step_at (unix times this worker group entered
-the train loop / made its first optimiser step), report_time_s (seconds this worker process spent in
-earlier reports: checkpoint write + upload + Ray's report), done (True on the last report).
+fallback / fallback_frac (images that had no eligible object), lr, loop_start_at / first_step_at (unix
+times this worker group entered the train loop / made its first optimiser step), report_time_s (seconds
+this worker process spent in earlier reports: checkpoint write + upload + Ray's report), done (True on
+the last report).
 A checkpoint (checkpoint.py layout) goes with every report when checkpoint_every = 1, else every
 `checkpoint_every` epochs and at the end of every phase.
 
@@ -220,12 +221,12 @@ class TrialRun:
     def packed_loader(self, phase_index: int, purpose: str, split: str):
         """A phase's PackedLoader (data.store): batches augmented on this worker's device."""
         _, _, phase = self.phases[phase_index]
-        cfg = self.cfg
+        cfg, worker = self.cfg, self.worker
         loader = build_packed_loader(phase.data, purpose=purpose, split=split, img_size=cfg.model.img_size,
-                                     batch_size=max(1, phase.batch_size // self.worker.world_size), device=self.worker.device, patch_size=cfg.model.patch_size,
-                                     patch_threshold=cfg.masking.patch_threshold, min_ratio=cfg.masking.min_ratio,
-                                     selection=cfg.masking.selection, rank=self.worker.rank,
-                                     world_size=self.worker.world_size)
+                                     batch_size=max(1, phase.batch_size // worker.world_size), device=worker.device,
+                                     patch_size=cfg.model.patch_size, patch_threshold=cfg.masking.patch_threshold,
+                                     min_ratio=cfg.masking.min_ratio, selection=cfg.masking.selection,
+                                     rank=worker.rank, world_size=worker.world_size)
         if split == "train":
             self.check_steps(loader, phase_index, len(loader.view))
         return loader
