@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -72,8 +73,8 @@ def cmd_pack(args) -> dict:
 
 
 def cmd_verify(args) -> dict:
-    from pathlib import Path
-
+    if not Path(args.store).is_dir():
+        raise ConfigError(f"{args.store}: packed store not found")
     splits = args.split or sorted(p.name for p in Path(args.store).iterdir() if (p / MANIFEST).is_file())
     return {split: {"records_checked": open_split(args.store, split).verify()} for split in splits}
 
@@ -199,6 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"objmae-data: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("objmae-data: interrupted (pack: rerun the same command to continue; finished shards are kept)",
+              file=sys.stderr)
+        return 130
     print(json.dumps(result, indent=2))
     return 0
 
