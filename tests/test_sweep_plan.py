@@ -9,7 +9,7 @@ import pytest
 from objmae_ray.cli import sweep_main
 from objmae_ray.config import SweepSpec
 from objmae_ray.method.flops import objmae_flops, supervised_flops
-from objmae_ray.sweep.plan import LOADER_IMAGES_PER_CORE, phase_costs, plan
+from objmae_ray.sweep.plan import LOADER_IMAGES_PER_CORE, plan
 
 COCO_STUDY = {
     "study": "cost", "objectives": [{"metric": "top1", "mode": "max"}], "sampler": {"kind": "grid"},

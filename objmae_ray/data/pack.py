@@ -44,7 +44,6 @@ from objmae_ray.data.skips import LOAD_ERRORS
 from objmae_ray.data.store import (FORMAT, MANIFEST, SHARD_META, VERSION, Record, StoreError, read_manifest,
                                    shard_name, stored_size, write_shard)
 from objmae_ray.data.synthetic import dataset_key, default_cache_dir
-from objmae_ray.data.transforms import CropBox, crop_masks
 
 log = logging.getLogger("objmae_ray.data")
 PACK_STATE = "pack.json"  # the pack in progress: fingerprint + layout (a resumed pack must match it)
