@@ -55,7 +55,13 @@ class MaskingConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    """Where a phase reads its images. `root=None` means the built-in synthetic scene set."""
+    """Where a phase reads its images. `root=None` means the built-in synthetic scene set.
+
+    `store`: a packed store of this source (`objmae-data pack`, objmae_ray/data/store.py) to read instead
+    of decoding the source's files; `kind` still names the source. "auto" packs the built-in synthetic
+    set once into the cache. With a store, `root` / `ann_file` are optional: when given, the store must
+    have been packed from exactly that source (checked at trial start).
+    """
 
     kind: DatasetKind = "synthetic"
     root: Optional[str] = None  # dataset root (COCO images dir, ImageFolder root, CIFAR dir, synthetic cache)
@@ -65,7 +71,9 @@ class DataConfig(_Strict):
     cam_cache: Optional[str] = None  # per-dataset CAM cache built by `objmae-data cam` (selection=cam)
     num_images: int = Field(512, gt=0)  # synthetic only: images in the train split
     max_objects: int = Field(20, gt=0)  # object slots per image (ratio >= 0.05 allows at most 20 disjoint)
-    loader_workers: int = Field(2, ge=0)
+    loader_workers: int = Field(2, ge=0)  # DataLoader processes (JPEG path) or gather threads (store)
+    store: Optional[str] = None  # packed store directory, or "auto" (synthetic only)
+    hflip: bool = False  # pre-training: random horizontal flip of image and object / CAM maps together
 
 
 class PhaseOptim(_Strict):
@@ -205,7 +213,7 @@ def trial_from_dict(body: Mapping, params: Mapping[str, Any] | None = None, *,
 # ---- sweep files (search_spaces/*.yaml) ------------------------------------------------------------
 # Metrics a trial reports each epoch (objmae_ray.train.loop's reports); objectives and schedulers use them.
 METRICS = ("top1", "top5", "recon_loss", "speedup_est", "pretrain_time_s", "val_loss", "train_loss",
-           "images_per_s", "epoch_time_s", "fallback_frac")
+           "images_per_s", "epoch_time_s", "fallback_frac", "speedup_measured", "data_wait_frac")
 
 
 def _primitive(value):
@@ -266,6 +274,7 @@ class EstimateSpec(_Strict):
     """Assumptions of the GPU-hours estimate printed by `objmae-sweep validate` (see objmae_ray/sweep/plan.py)."""
 
     gpu_tflops: float = Field(25.0, gt=0)  # sustained FLOP/s of one GPU, in TFLOP/s
+    images_per_core: Optional[float] = Field(None, gt=0)  # loading rate per CPU core; default by data path (sweep/plan.py)
     pretrain_images: Optional[int] = Field(None, gt=0)  # default: by dataset kind (sweep/plan.py DATASET_IMAGES)
     transfer_images: Optional[int] = Field(None, gt=0)
 

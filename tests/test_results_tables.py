@@ -282,7 +282,12 @@ def record(trial_id: str, params: dict, phases: list[tuple[float, float]], *, sp
     return TrialRecord(trial_id, params, 0, history)
 
 
-PAPER_NOTE = "mean ± sample std over n finished seeds; top-1/5 in %; speed-up = FLOP ratio vs a supervised ViT step."
+RESULTS_NOTE = ("mean ± sample std over repeats; speed-up = FLOP ratio vs a supervised ViT step (speedup_est; no trial "
+                "measured one); zero-pred loss = the pre-training loss of predicting zeros (the baseline a "
+                "reconstruction must beat); data wait = share of the last pre-train epoch spent waiting for input; "
+                "Pareto = not dominated in (speed-up, top-1).")
+PAPER_NOTE = ("mean ± sample std over n finished seeds; top-1/5 in %; speed-up = FLOP ratio vs a supervised ViT step "
+              "(speedup_est; no trial measured one).")
 
 
 def paper_markdown(spec: SweepSpec, records: list[TrialRecord]) -> tuple[str, str]:
@@ -323,15 +328,27 @@ def test_table7_and_table9_exact():
                   "| ObjMAE | 0.34 | 16 | 1 | 62.00 | 82.00 |\n"
                   "| ObjMAE | 0.34 | 8 | 1 | 61.00 | 81.00 |\n\n"
                   f"{PAPER_NOTE}\n")
-    spec = spec_of({"alpha": {"choices": [0.25, 0.125]}, "selection": {"choices": ["cam", "mae"]}})
+    spec = spec_of({"alpha": {"choices": [0.25, 0.125]}, "selection": {"choices": ["object", "mae"]}})
     name, md = paper_markdown(spec, [
-        record("a", {"masking.alpha": 0.125, "masking.selection": "cam"}, [(50.0, 70.0)]),
+        record("a", {"masking.alpha": 0.125, "masking.selection": "object"}, [(50.0, 70.0)]),
         record("b", {"masking.alpha": 0.25, "masking.selection": "mae"}, [(51.0, 71.0)])])
     assert name == "table9_alpha"
     assert md == ("## Table 9 (paper form): Ablation of alpha for ObjMAE and MAE (study s)\n\n"
                   "| Model | α | n | Top-1 | Top-5 |\n|---|---|---|---|---|\n"
-                  "| ObjMAE (CAM) | 0.125 | 1 | 50.00 | 70.00 |\n"
+                  "| ObjMAE | 0.125 | 1 | 50.00 | 70.00 |\n"
                   "| MAE | 0.25 | 1 | 51.00 | 71.00 |\n\n"
+                  f"{PAPER_NOTE}\n")
+    # CAM regions against MAE over alpha is Table 4 (its alpha 1/2 row is MAE): alpha first
+    spec = spec_of({"alpha": {"choices": [0.25, 0.125]}, "selection": {"choices": ["cam", "mae"]}})
+    name, md = paper_markdown(spec, [
+        record("a", {"masking.alpha": 0.125, "masking.selection": "cam"}, [(50.0, 70.0)]),
+        record("b", {"masking.alpha": 0.25, "masking.selection": "mae"}, [(51.0, 71.0)])])
+    assert name == "table4_alpha"
+    assert md == ("## Table 4 (paper form): Performance vs. acceleration over alpha (study s)\n\n"
+                  "| α | Model | n | Speed Up | Pre-train img/s | Recon Loss | Zero-pred Loss | Top-1 | Top-5 |\n"
+                  "|---|---|---|---|---|---|---|---|---|\n"
+                  "| 0.25 | MAE | 1 | 2.0x | 100.0 | 0.5000 | - | 51.00 | 71.00 |\n"
+                  "| 0.125 | ObjMAE (CAM) | 1 | 2.0x | 100.0 | 0.5000 | - | 50.00 | 70.00 |\n\n"
                   f"{PAPER_NOTE}\n")
 
 
@@ -343,10 +360,11 @@ def test_table4_over_a_range_sorts_by_value():
         record("c", {"masking.alpha": 0.13793}, [(75.0, 88.0)], speedup=3.6, recon=0.5, images_per_s=150.0)])
     assert name == "table4_alpha"
     assert md == ("## Table 4 (paper form): Performance vs. acceleration over alpha (study s)\n\n"
-                  "| α | n | Speed Up | Pre-train img/s | Recon Loss | Top-1 | Top-5 |\n|---|---|---|---|---|---|---|\n"
-                  "| 0.0625 | 1 | 9.2x | 410.5 | 0.7500 | 70.00 | 85.00 |\n"
-                  "| 0.1379 | 1 | 3.6x | 150.0 | 0.5000 | 75.00 | 88.00 |\n"
-                  "| 0.5 | 1 | 1.9x | 50.0 | 0.2500 | 80.00 | 90.00 |\n\n"
+                  "| α | n | Speed Up | Pre-train img/s | Recon Loss | Zero-pred Loss | Top-1 | Top-5 |\n"
+                  "|---|---|---|---|---|---|---|---|\n"
+                  "| 0.0625 | 1 | 9.2x | 410.5 | 0.7500 | - | 70.00 | 85.00 |\n"  # no trial reported a zero loss
+                  "| 0.1379 | 1 | 3.6x | 150.0 | 0.5000 | - | 75.00 | 88.00 |\n"
+                  "| 0.5 | 1 | 1.9x | 50.0 | 0.2500 | - | 80.00 | 90.00 |\n\n"
                   f"{PAPER_NOTE}\n")
 
 
@@ -368,12 +386,12 @@ def test_table8_and_ablation_exact():
         record("d", {"pretrain.epochs": 10}, [(2.0, 3.0)])])
     assert name == "table_ablation"
     assert md == ("## Ablation (paper form): Searched settings (study s)\n\n"
-                  "| pretrain.epochs | n | Speed Up | Pre-train img/s | Recon Loss | Top-1 | Top-5 |\n"
-                  "|---|---|---|---|---|---|---|\n"
-                  "| None | 1 | 2.0x | 100.0 | 0.5000 | 9.00 | 9.50 |\n"  # sorts as 0
-                  "| 5 | 1 | 2.2x | 100.0 | 0.5000 | 1.00 | 2.00 |\n"  # 2.25 at one digit: round half to even
-                  "| 10 | 1 | 2.0x | 100.0 | 0.5000 | 2.00 | 3.00 |\n"
-                  "| 20 | 1 | 2.0x | 100.0 | 0.5000 | 3.00 | 4.00 |\n\n"
+                  "| pretrain.epochs | n | Speed Up | Pre-train img/s | Recon Loss | Zero-pred Loss | Top-1 | Top-5 |\n"
+                  "|---|---|---|---|---|---|---|---|\n"
+                  "| None | 1 | 2.0x | 100.0 | 0.5000 | - | 9.00 | 9.50 |\n"  # sorts as 0
+                  "| 5 | 1 | 2.2x | 100.0 | 0.5000 | - | 1.00 | 2.00 |\n"  # 2.25 at one digit: round half to even
+                  "| 10 | 1 | 2.0x | 100.0 | 0.5000 | - | 2.00 | 3.00 |\n"
+                  "| 20 | 1 | 2.0x | 100.0 | 0.5000 | - | 3.00 | 4.00 |\n\n"
                   f"{PAPER_NOTE}\n")
 
 
@@ -415,31 +433,33 @@ def test_results_form_exact_in_markdown_csv_and_html():
     rows = pivot(records, table, spec)
     assert markdown(table, rows) == (
         "## s: 3 configurations, ranked by top1 (max), val_loss (min)\n\n"
-        "| rank | configuration | runs | Speed Up | Recon Loss | Top-1 | Top-5 | top1 1:finetune synthetic | Pre-train s "
-        "| val_loss | Pareto | status |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"
-        "| 1 | alpha=0.25, padding=random | 1 | 3.0x | 0.5000 | 55.00 | 79.00 | 60.00 | 5.0 | 2.00 | * | 1 done |\n"
-        "| 2 | alpha=0.5, padding=zero | 2 | 1.5x | 0.5000 | 51.00 ± 1.41 | 80.00 | 71.00 ± 1.41 | 11.0 ± 1.4 "
+        "| rank | configuration | runs | Speed Up | Recon Loss | Zero-pred Loss | Top-1 | Top-5 "
+        "| top1 1:finetune synthetic | Pre-train s | Data Wait % | val_loss | Pareto | status |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"  # no zero loss, no data wait reported: "-"
+        "| 1 | alpha=0.25, padding=random | 1 | 3.0x | 0.5000 | - | 55.00 | 79.00 | 60.00 | 5.0 | - | 2.00 | * "
+        "| 1 done |\n"
+        "| 2 | alpha=0.5, padding=zero | 2 | 1.5x | 0.5000 | - | 51.00 ± 1.41 | 80.00 | 71.00 ± 1.41 | 11.0 ± 1.4 | - "
         "| 1.50 ± 0.35 |  | 1 done, 1 stopped |\n"  # (3.0x, 55) dominates (1.5x, 51) and (2.5x, 40)
-        "| 3 | alpha=0.25, padding=zero | 1 | 2.5x | 0.5000 | 40.00 | 75.00 | 58.00 | - | - |  | 1 done |\n\n"
-        "mean ± sample std over repeats; speed-up = FLOP ratio vs a supervised ViT step; "
-        "Pareto = not dominated in (speed-up, top-1).\n")
+        "| 3 | alpha=0.25, padding=zero | 1 | 2.5x | 0.5000 | - | 40.00 | 75.00 | 58.00 | - | - | - |  | 1 done |\n\n"
+        f"{RESULTS_NOTE}\n")
     assert csv_text(table, rows).splitlines() == [
-        "rank,configuration,runs,speedup_mean,speedup_std,recon_loss_mean,recon_loss_std,top1_mean,top1_std,"
-        "top5_mean,top5_std,top1 1:finetune synthetic_mean,top1 1:finetune synthetic_std,pretrain_time_s_mean,"
-        "pretrain_time_s_std,val_loss_mean,val_loss_std",
-        '1,"alpha=0.25, padding=random",1,3,0,0.5,0,55,0,79,0,60,0,5,0,2,0',
-        '2,"alpha=0.5, padding=zero",2,1.5,0,0.5,0,51,1.41421,80,0,71,1.41421,11,1.41421,1.5,0.353553',
-        '3,"alpha=0.25, padding=zero",1,2.5,0,0.5,0,40,0,75,0,58,0,,,,']
+        "rank,configuration,runs,speedup_mean,speedup_std,recon_loss_mean,recon_loss_std,recon_zero_loss_mean,"
+        "recon_zero_loss_std,top1_mean,top1_std,top5_mean,top5_std,top1 1:finetune synthetic_mean,"
+        "top1 1:finetune synthetic_std,pretrain_time_s_mean,pretrain_time_s_std,data_wait_pct_mean,"
+        "data_wait_pct_std,val_loss_mean,val_loss_std",
+        '1,"alpha=0.25, padding=random",1,3,0,0.5,0,,,55,0,79,0,60,0,5,0,,,2,0',
+        '2,"alpha=0.5, padding=zero",2,1.5,0,0.5,0,,,51,1.41421,80,0,71,1.41421,11,1.41421,,,1.5,0.353553',
+        '3,"alpha=0.25, padding=zero",1,2.5,0,0.5,0,,,40,0,75,0,58,0,,,,,,']
     page = html_table(table, rows[2:])
     assert page == (
         "<h2>s: 1 configurations, ranked by top1 (max), val_loss (min)</h2>\n<table><thead><tr>"
-        + "".join(f"<th>{h}</th>" for h in ["rank", "configuration", "runs", "Speed Up", "Recon Loss", "Top-1", "Top-5",
-                                            "top1 1:finetune synthetic", "Pre-train s", "val_loss", "Pareto", "status"])
+        + "".join(f"<th>{h}</th>" for h in ["rank", "configuration", "runs", "Speed Up", "Recon Loss", "Zero-pred Loss",
+                                            "Top-1", "Top-5", "top1 1:finetune synthetic", "Pre-train s", "Data Wait %",
+                                            "val_loss", "Pareto", "status"])
         + "</tr></thead><tbody><tr>"
-        + "".join(f"<td>{c}</td>" for c in ["1", "alpha=0.25, padding=zero", "1", "2.5x", "0.5000", "40.00", "75.00",
-                                            "58.00", "-", "-", "*", "1 done"])
-        + "</tr></tbody></table>\n<p class=note>mean ± sample std over repeats; speed-up = FLOP ratio vs a "
-          "supervised ViT step; Pareto = not dominated in (speed-up, top-1).</p>\n")
+        + "".join(f"<td>{c}</td>" for c in ["1", "alpha=0.25, padding=zero", "1", "2.5x", "0.5000", "-", "40.00",
+                                            "75.00", "58.00", "-", "-", "-", "*", "1 done"])
+        + f"</tr></tbody></table>\n<p class=note>{RESULTS_NOTE}</p>\n")
     two = html_table(table, rows[:2])
     assert two.count("<tr>") == 3 and "</tr><tr><td>2</td>" in two  # header row, then one row per configuration
     assert "<td>alpha=a &lt;b&gt;</td>" in html_table(table, [Row({"masking.alpha": "a <b>"}, mean=rows[0].mean,
@@ -450,17 +470,18 @@ def test_results_form_of_one_phase_and_a_speedup_objective():
     """One transfer phase: no per-phase column; speedup_est is the Speed Up column (no second one), ranked on it."""
     spec = spec_of({"alpha": {"choices": [0.5, 0.25]}}, objectives=({"metric": "speedup_est", "mode": "max"},))
     table = results_table(spec)
-    assert [c.title for c in table.columns] == ["Speed Up", "Recon Loss", "Top-1", "Top-5", "Pre-train s"]
+    assert [c.title for c in table.columns] == ["Speed Up", "Recon Loss", "Zero-pred Loss", "Top-1", "Top-5",
+                                                "Pre-train s", "Data Wait %"]
     rows = pivot([record("a", {"masking.alpha": 0.5}, [(80.0, 90.0)], speedup=1.9),
                   record("b", {"masking.alpha": 0.25}, [(70.0, 90.0)], speedup=3.5)], table, spec)
     assert [r.values["masking.alpha"] for r in rows] == [0.25, 0.5]
     assert markdown(table, rows).startswith("## s: 2 configurations, ranked by speedup_est (max)\n\n"
-                                            "| rank | configuration | runs | Speed Up | Recon Loss | Top-1 | Top-5 "
-                                            "| Pre-train s | Pareto | status |\n")
+                                            "| rank | configuration | runs | Speed Up | Recon Loss | Zero-pred Loss "
+                                            "| Top-1 | Top-5 | Pre-train s | Data Wait % | Pareto | status |\n")
     base = {**BASE, "transfer": [BASE["transfer"][0]] * 3}
     assert [c.key for c in results_table(spec_of({"alpha": {"choices": [0.5]}}, base=base)).columns] == [
-        "speedup", "recon_loss", "top1", "top5", "top1 1:finetune synthetic", "top1 2:finetune synthetic",
-        "pretrain_time_s"]
+        "speedup", "recon_loss", "recon_zero_loss", "top1", "top5", "top1 1:finetune synthetic",
+        "top1 2:finetune synthetic", "pretrain_time_s", "data_wait_pct"]
 
 
 def test_results_form_ranks_a_min_objective_with_missing_values_last():

@@ -20,10 +20,11 @@ from objmae_ray.train.loop import LocalRun, TrialRun, epoch_seed
 from trial_helpers import tiny_config
 
 TIMING_KEYS = {"images_per_s", "epoch_time_s", "pretrain_time_s", "loop_start_at", "first_step_at",
-               "report_time_s"}
+               "report_time_s", "speedup_measured", "data_wait_frac"}
 METRIC_KEYS = {"phase", "phase_index", "epoch", "recon_loss", "train_loss", "top1", "top5", "val_loss",
                "images_per_s", "epoch_time_s", "pretrain_time_s", "speedup_est", "fallback", "fallback_frac",
-               "lr", "loop_start_at", "first_step_at", "report_time_s", "done"}
+               "lr", "loop_start_at", "first_step_at", "report_time_s", "done", "speedup_measured",
+               "data_wait_frac"}
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from trial_helpers import tiny_config
 pytestmark = [pytest.mark.slow, pytest.mark.ray]
 
 TIMING_KEYS = {"images_per_s", "epoch_time_s", "pretrain_time_s", "loop_start_at", "first_step_at",
-               "report_time_s", "checkpoint_path"}
+               "report_time_s", "checkpoint_path", "speedup_measured", "data_wait_frac"}
 CHECKPOINT_FILES = {"objmae.safetensors", "classifier.safetensors", "train_state.pt", "trial_config.json",
                     "metrics.json"}
 

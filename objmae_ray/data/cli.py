@@ -1,6 +1,9 @@
-"""`objmae-data`: make the synthetic set, object-ratio statistics (Fig. 5), CAM cache, Fig. 4 pictures.
+"""`objmae-data`: make the synthetic set, pack a dataset into a store, object-ratio statistics (Fig. 5),
+CAM cache, Fig. 4 pictures.
 
   objmae-data synth [--cache DIR] [--num-images N] [--img-size S] [--seed K]
+  objmae-data pack --kind coco --root DIR --split train2014 [--split val2014] --out STORE [--workers N | --ray auto]
+  objmae-data verify STORE [--split S]
   objmae-data stats --kind coco --root DIR [--ann-file F] [--split train2017] [--png hist.png]
   objmae-data cam IMAGE_DIR --out cam.safetensors [--model resnet50] [--weights FILE]
   objmae-data show --kind synthetic [--root DIR] [--index I] [--alpha A] [--selection object] --out fig.png
@@ -10,13 +13,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from objmae_ray.config import PADDINGS, SELECTIONS, DataConfig
+from objmae_ray.config import DATASET_KINDS, PADDINGS, SELECTIONS, DataConfig
 from objmae_ray.data.cam import build_cam_cache, create_cam_model
+from objmae_ray.data.pack import Layout, pack_split, source_for
+from objmae_ray.data.store import MANIFEST, open_split
 from objmae_ray.data.stats import object_ratio_stats, segmentation_dataset
 from objmae_ray.data.synthetic import ensure_synthetic
 from objmae_ray.data.transforms import denormalize
@@ -42,6 +49,34 @@ def _data_config(args) -> DataConfig:
 def cmd_synth(args) -> dict:
     root = ensure_synthetic(args.cache, num_images=args.num_images, img_size=args.img_size, seed=args.seed)
     return {"root": str(root)}
+
+
+def cmd_pack(args) -> dict:
+    cfg = DataConfig(kind=args.kind, root=args.root, ann_file=args.ann_file, cam_cache=args.cam_cache,
+                     num_images=args.num_images, max_objects=args.max_objects)
+    layout = Layout(short_side=args.short_side, max_side=args.max_side, max_objects=args.max_objects)
+    executor = "process"
+    if args.ray:
+        import ray  # only when packing across a cluster
+
+        ray.init(address=args.ray, configure_logging=False)
+        executor = "ray"
+    out = {"store": args.out, "splits": {}}
+    for split in args.split or [cfg.train_split, cfg.val_split]:
+        source = source_for(cfg, split, layout, img_size=args.img_size, seed=args.seed)
+        manifest = pack_split(source, args.out, shard_size=args.shard_size, workers=args.workers,
+                              executor=executor, progress=not args.quiet)
+        out["splits"][split] = {"images": manifest["count"], "shards": len(manifest["shards"]),
+                                "bytes": sum(s["bytes"] for s in manifest["shards"]),
+                                "skipped": len(manifest["skipped"])}
+    return out
+
+
+def cmd_verify(args) -> dict:
+    if not Path(args.store).is_dir():
+        raise ConfigError(f"{args.store}: packed store not found")
+    splits = args.split or sorted(p.name for p in Path(args.store).iterdir() if (p / MANIFEST).is_file())
+    return {split: {"records_checked": open_split(args.store, split).verify()} for split in splits}
 
 
 def cmd_stats(args) -> dict:
@@ -109,6 +144,30 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--img-size", type=int, default=64)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(run=cmd_synth)
+    s = sub.add_parser("pack", help="pack dataset splits into a store read by `data.store` (docs/DATA.md)")
+    s.add_argument("--kind", choices=list(DATASET_KINDS), required=True)
+    s.add_argument("--root", default=None, help="dataset root (synthetic: cache dir)")
+    s.add_argument("--ann-file", default=None, help="COCO instances JSON, relative to --root unless absolute")
+    s.add_argument("--split", action="append", default=[],
+                   help="split directory name, repeatable (default: train and val)")
+    s.add_argument("--cam-cache", default=None, help="folder: CAM cache to store with the images (selection cam)")
+    s.add_argument("--out", required=True, help="store directory")
+    s.add_argument("--short-side", type=int, default=256, help="stored short side in pixels (never enlarged)")
+    s.add_argument("--max-side", type=int, default=512, help="stored long side at most")
+    s.add_argument("--max-objects", type=int, default=20, help="object slots per image (largest first)")
+    s.add_argument("--shard-size", type=int, default=512, help="images per shard")
+    s.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="local packing processes")
+    s.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="pack with Ray tasks on this cluster ('auto'); --out must be storage every node sees")
+    s.add_argument("--num-images", type=int, default=512, help="synthetic: images in the train split")
+    s.add_argument("--img-size", type=int, default=64, help="synthetic: image size")
+    s.add_argument("--seed", type=int, default=0, help="synthetic: seed")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(run=cmd_pack)
+    s = sub.add_parser("verify", help="check every record of a store against its CRC-32")
+    s.add_argument("store")
+    s.add_argument("--split", action="append", default=[])
+    s.set_defaults(run=cmd_verify)
     s = sub.add_parser("stats", help="object-ratio distribution (Fig. 5) as JSON, optional PNG histogram")
     _add_dataset_args(s)
     s.add_argument("--png", default=None)
@@ -141,6 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"objmae-data: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("objmae-data: interrupted (pack: rerun the same command to continue; finished shards are kept)",
+              file=sys.stderr)
+        return 130
     print(json.dumps(result, indent=2))
     return 0
 

@@ -64,17 +64,17 @@ class CocoObjects(Dataset):
 
     Yields {"image": [3, S, S] float (ImageNet-normalised), "object_patches": [K, N] bool,
     "object_ratio": [K] float}; K = max_objects (largest objects first, empty slots all-False / 0.0),
-    N = (S / patch_size)^2.
+    N = (S / patch_size)^2. `hflip`: a random horizontal flip of the crop and its masks together.
     """
 
     def __init__(self, image_dir, ann_file, *, img_size: int, patch_size: int, patch_threshold: float = 0.2,
                  max_objects: int = 20, min_ratio: float = 0.05, random_crop: bool = True,
-                 crop_scale: tuple[float, float] = (0.2, 1.0)):
+                 crop_scale: tuple[float, float] = (0.2, 1.0), hflip: bool = False):
         self.image_dir = check_image_dir(image_dir)
         self.coco = load_coco(ann_file)
         self.img_size, self.patch_size, self.patch_threshold = img_size, patch_size, patch_threshold
         self.max_objects, self.min_ratio = max_objects, min_ratio
-        self.random_crop, self.crop_scale = random_crop, crop_scale
+        self.random_crop, self.crop_scale, self.hflip = random_crop, crop_scale, hflip
         self.skips = SkipCounter(f"{ann_file}")
         self.image_ids: list[int] = []
         self.objects: dict[int, list[dict]] = {}  # image id -> up to K non-crowd annotations, largest first
@@ -118,15 +118,18 @@ class CocoObjects(Dataset):
     def describe(self, index: int) -> str:
         return str(self.image_dir / self.coco.imgs[self.image_ids[index]]["file_name"])
 
-    def _load(self, index: int) -> dict[str, torch.Tensor]:
+    def _load(self, index: int, box: CropBox | None = None) -> dict[str, torch.Tensor]:
+        """Sample `index` cropped to `box` (default: a random box, or the whole image without random crops)."""
         info = self.coco.imgs[self.image_ids[index]]
         with Image.open(self.image_dir / info["file_name"]) as img:
             if img.size != (info["width"], info["height"]):
                 raise ValueError(f"image is {img.size[0]}x{img.size[1]}, annotation says {info['width']}x{info['height']}")
-            box = sample_crop(img, random=self.random_crop, scale=self.crop_scale)
+            box = box or sample_crop(img, random=self.random_crop, scale=self.crop_scale)
             image = crop_image(img, box, self.img_size)
         anns = self.objects[info["id"]]
         masks = torch.from_numpy(self.crop_object_masks(anns, box))  # [k, S, S]
+        if self.hflip and torch.rand(()) < 0.5:  # image and masks together, before the patch maps
+            image, masks = image.flip(-1), masks.flip(-1)
         K, N = self.max_objects, (self.img_size // self.patch_size) ** 2
         object_patches = torch.zeros(K, N, dtype=torch.bool)
         ratios = torch.zeros(K)

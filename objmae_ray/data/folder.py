@@ -51,12 +51,13 @@ class CamFolder(Dataset):
 
     Yields {"image": [3, S, S] float (ImageNet-normalised), "saliency": [N] float in 0..1}: the CAM
     (normalised on the whole image, not re-normalised on the crop) averaged over each patch.
-    Images under root without a cached CAM are dropped and counted in `stats`.
+    Images under root without a cached CAM are dropped and counted in `stats`. `hflip`: a random
+    horizontal flip of the crop and its saliency grid together.
     With `cam_cache=None` (selection "mae": MAE pre-training on ImageNet-100) it yields {"image"} only.
     """
 
     def __init__(self, root, cam_cache, *, img_size: int, patch_size: int, random_crop: bool = True,
-                 crop_scale: tuple[float, float] = (0.2, 1.0)):
+                 crop_scale: tuple[float, float] = (0.2, 1.0), hflip: bool = False):
         self.root = check_folder(root)
         folder = SafeImageFolder(self.root)
         relative = [Path(p).relative_to(self.root).as_posix() for p, _ in folder.samples]
@@ -70,7 +71,7 @@ class CamFolder(Dataset):
         if not self.samples:
             raise ConfigError(f"{cam_cache}: has no CAM for any image under {self.root} (built for another folder?)")
         self.img_size, self.grid = img_size, img_size // patch_size
-        self.random_crop, self.crop_scale = random_crop, crop_scale
+        self.random_crop, self.crop_scale, self.hflip = random_crop, crop_scale, hflip
         self.skips = SkipCounter(str(self.root))
 
     @property
@@ -89,6 +90,10 @@ class CamFolder(Dataset):
             box = sample_crop(img, random=self.random_crop, scale=self.crop_scale)
             size = img.size
             image = crop_image(img, box, self.img_size)
+        flip = self.hflip and bool(torch.rand(()) < 0.5)  # image and saliency grid together
         if self.cams is None:
-            return {"image": image}
-        return {"image": image, "saliency": cam_patch_saliency(self.cams[row], box, size, self.grid)}
+            return {"image": image.flip(-1) if flip else image}
+        saliency = cam_patch_saliency(self.cams[row], box, size, self.grid)
+        if flip:
+            image, saliency = image.flip(-1), saliency.view(self.grid, self.grid).flip(-1).reshape(-1)
+        return {"image": image, "saliency": saliency}

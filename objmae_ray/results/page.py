@@ -4,7 +4,7 @@
 the run directory (objmae_ray/results/tables.py's results form).
 `write_report(run_dir)`: into RUN_DIR/report/ the paper table (table<N>_<name>.md / .csv), figures,
 summary.json (the figures' numbers) and index.html (everything, images embedded):
-  pareto.png              top-1 against FLOP speed-up, one point per configuration
+  pareto.png              top-1 against speed-up (measured where the trials measured it), one point per configuration
   measured_tradeoff.png   top-1 against measured pre-train img/s
   importance.png          hyper-parameter importance from the stored Optuna study (results/importance.py)
   parallel_coordinates.png  the study's trials over the searched parameters
@@ -45,10 +45,16 @@ RESULTS_MD, RESULTS_CSV, PARETO_PNG = "results.md", "results.csv", "pareto.png"
 
 
 # ---- results table (every sweep) --------------------------------------------------------------------
+def speedup_label(rows: list[tables.Row]) -> str:
+    """The x label of a speed-up plot: which speed-up the rows show (tables.speedup_kind)."""
+    kind = tables.speedup_kind([t for r in rows for t in r.trials])
+    return FLOP_SPEEDUP if kind.startswith("FLOP") else f"pre-training speed-up ({kind.split(' (')[0]})"
+
+
 def plot_pareto(rows: list[tables.Row], path: str | Path) -> None:
-    """top-1 against FLOP speed-up, one point per row of the results form."""
+    """top-1 against the shown speed-up (measured or FLOP ratio, named on the axis), one point per row."""
     points = [(r.mean.get("speedup"), r.mean.get("top1"), describe(r.values), r.std.get("top1")) for r in rows]
-    plot_tradeoff([p for p in points if p[0] is not None and p[1] is not None], path, xlabel=FLOP_SPEEDUP)
+    plot_tradeoff([p for p in points if p[0] is not None and p[1] is not None], path, xlabel=speedup_label(rows))
 
 
 def write_results(run_path: str, spec: SweepSpec, records: list[TrialRecord]) -> str:
@@ -85,8 +91,9 @@ def make_figures(run_dir: str, spec: SweepSpec, records: list[TrialRecord], out:
 def _tradeoff_figures(spec: SweepSpec, records: list[TrialRecord], out: Path, made: dict, numbers: dict) -> None:
     """Top-1 against FLOP speed-up and against measured pre-train throughput."""
     results = tables.results_table(spec)
-    plot_pareto(tables.pivot(records, results, spec), out / "pareto.png")
-    made["Top-1 against pre-training speed-up (FLOP ratio); the Pareto front joined (red)"] = "pareto.png"
+    rows = tables.pivot(records, results, spec)
+    plot_pareto(rows, out / "pareto.png")
+    made[f"Top-1 against {speedup_label(rows)}; the Pareto front joined (red)"] = "pareto.png"
     top1, _ = tables.top_columns(spec)
     measured = tables.Table("measured", "", [d for d in results.dims if d != "seed"], [tables.THROUGHPUT, top1],
                             ranked=False)

@@ -26,8 +26,11 @@ marks the rows whose difference is within the seed noise ("≈"); with one repea
 made, and the note says so.
 
 Numbers per trial: top-1 / top-5 are the last report of a transfer phase (the final phase's unless the
-column names the phase), recon loss the last pre-train epoch's, speed-up `speedup_est` (FLOP ratio vs a
-supervised ViT step), pre-train img/s the measured throughput of the last pre-train epoch.
+column names the phase), recon loss the last pre-train epoch's, speed-up `speedup_measured` (a
+supervised ViT step's time over the ObjMAE step's, measured on the trial's device, objmae_ray/train/speed.py)
+where the trial reported one, else `speedup_est` (FLOP ratio); each table's note says which it shows.
+Pre-train img/s is the measured throughput of the last pre-train epoch, data wait the share of that
+epoch spent waiting for input (results form).
 A new column is a `Column` here and an entry in the table that shows it; nothing outside results/ changes.
 """
 from __future__ import annotations
@@ -73,7 +76,22 @@ def phase_metric(index: int, metric: str) -> Callable[[TrialRecord], float | Non
     return lambda record: finite(record.phase_finals().get(index, {}).get(metric))
 
 
-SPEEDUP = Column("speedup", "Speed Up", 1, last("speedup_est"), "x")
+def measured_speedup(record: TrialRecord) -> float | None:
+    """speedup_measured of the trial's last report (None where it never measured one)."""
+    value = finite(record.last.get("speedup_measured"))
+    return value if value is not None and value > 0 else None
+
+
+def shown_speedup(record: TrialRecord) -> float | None:
+    """The speed-up a table shows: measured where the trial measured it, else the FLOP ratio."""
+    measured = measured_speedup(record)
+    return measured if measured is not None else finite(record.last.get("speedup_est"))
+
+
+SPEEDUP = Column("speedup", "Speed Up", 1, shown_speedup, "x")
+DATA_WAIT = Column("data_wait_pct", "Data Wait %", 1,
+                   lambda r: None if (v := finite(r.phase_finals().get(0, {}).get("data_wait_frac"))) is None
+                   else 100.0 * v)
 RECON = Column("recon_loss", "Recon Loss", 4, phase_metric(0, "recon_loss"))
 RECON_ZERO = Column("recon_zero_loss", "Zero-pred Loss", 4, phase_metric(0, "recon_zero_loss"))  # baseline to beat
 THROUGHPUT = Column("images_per_s", "Pre-train img/s", 1, phase_metric(0, "images_per_s"))  # measured
@@ -94,8 +112,20 @@ def _phase_label(spec: SweepSpec, i: int) -> str:
 
 
 def objective_key(metric: str) -> str:
-    """The column key of an objective metric (`speedup_est` is the `speedup` column)."""
-    return {"speedup_est": "speedup"}.get(metric, metric)
+    """The column key of an objective metric (`speedup_est` / `speedup_measured`: the `speedup` column)."""
+    return {"speedup_est": "speedup", "speedup_measured": "speedup"}.get(metric, metric)
+
+
+def speedup_kind(records: list[TrialRecord]) -> str:
+    """Which speed-up the tables of these trials show, in words (for notes and plot labels)."""
+    reported = [r for r in records if shown_speedup(r) is not None]
+    measured = sum(measured_speedup(r) is not None for r in reported)
+    if reported and measured == len(reported):
+        return "measured step-time ratio vs a supervised ViT step on the trial's device (speedup_measured)"
+    if measured:
+        return (f"measured step-time ratio (speedup_measured) for {measured} of {len(reported)} trials, "
+                f"FLOP ratio (speedup_est) for the others")
+    return "FLOP ratio vs a supervised ViT step (speedup_est; no trial measured one)"
 
 
 # ---- tables -----------------------------------------------------------------------------------------
@@ -149,16 +179,17 @@ def results_table(spec: SweepSpec) -> Table:
     for i, transfer in enumerate(spec.base.transfer[:-1], start=1):
         key = f"top1 {i}:{transfer.mode} {transfer.data.kind}"
         columns.append(Column(key, key, 2, phase_metric(i, "top1")))
-    columns.append(PRETRAIN_TIME)
+    columns += [PRETRAIN_TIME, DATA_WAIT]
     known = {c.key for c in columns}
     extra = sorted({objective_key(o.metric) for o in spec.objectives} - known)
     columns += [Column(key, key, 2, last(key)) for key in extra]
     objectives = ", ".join(f"{o.metric} ({o.mode})" for o in spec.objectives)
     return Table("results", f"{spec.study}: {{rows}} configurations, ranked by {objectives}",
                  sorted(searched(spec)), columns, ranked=True,
-                 note="mean ± sample std over repeats; speed-up = FLOP ratio vs a supervised ViT step;"
-                      " zero-pred loss = the pre-training loss of predicting zeros (the baseline a reconstruction"
-                      " must beat); Pareto = not dominated in (speed-up, top-1).", noise=_noise_tests(spec, columns))
+                 note="mean ± sample std over repeats; speed-up = {speedup}; zero-pred loss = the pre-training loss"
+                      " of predicting zeros (the baseline a reconstruction must beat); data wait = share of the last"
+                      " pre-train epoch spent waiting for input; Pareto = not dominated in (speed-up, top-1).",
+                 noise=_noise_tests(spec, columns))
 
 
 def paper_table(spec: SweepSpec) -> Table:
@@ -196,7 +227,7 @@ def paper_table(spec: SweepSpec) -> Table:
     label = f"Table {number}" if number.isdigit() else "Ablation"
     return Table(name, f"{label} (paper form): {caption} (study {spec.study})", dims, columns, ranked=False,
                  number=number, note="mean ± sample std over n finished seeds; top-1/5 in %; "
-                                     "speed-up = FLOP ratio vs a supervised ViT step.",
+                                     "speed-up = {speedup}.",
                  noise=_noise_tests(spec, columns))
 
 
@@ -333,8 +364,8 @@ def heading(table: Table, rows: list[Row]) -> str:
 
 def note(table: Table, rows: list[Row]) -> str:
     excluded = sum(r.excluded for r in rows)
-    return (table.note + (f" {excluded} stopped or failed trial(s) left out." if excluded else "")
-            + noise_note(table, rows))
+    text = table.note.replace("{speedup}", speedup_kind([t for r in rows for t in r.trials]))
+    return text + (f" {excluded} stopped or failed trial(s) left out." if excluded else "") + noise_note(table, rows)
 
 
 def markdown(table: Table, rows: list[Row]) -> str:

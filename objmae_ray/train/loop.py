@@ -10,18 +10,21 @@ recon_loss (the pre-train epoch's loss; in transfer phases the last pre-train va
 loss of predicting zeros on the same targets in that epoch: the baseline a reconstruction must beat), train_loss, top1,
 top5, val_loss, val_images (transfer phases; top1/top5/val_loss are 0.0 during pre-training so Tune
 schedulers always find the metric), images_per_s, epoch_time_s (train + eval), pretrain_time_s
-(cumulative pre-train compute time), speedup_est (method/flops.py), fallback / fallback_frac (images
-that had no eligible object), what alpha did in the pre-train epoch (means per image: encoder_seen_frac =
-distinct patches the encoder sees / N, target_real_frac = target slots holding a target-region patch,
-padded_frac = slots beyond the region whatever the padding mode put there, alpha_effective = L / N),
-lr, loop_start_at / first_step_at (unix times this worker group entered
+(cumulative pre-train compute time), speedup_est (method/flops.py), speedup_measured (supervised ViT
+step time / ObjMAE step time on this device, train/speed.py; NaN until measured; the last pre-train
+value in transfer phases), data_wait_frac (share of the epoch's training time spent waiting for input),
+fallback / fallback_frac (images that had no eligible object), what alpha did in the pre-train epoch
+(means per image: encoder_seen_frac = distinct patches the encoder sees / N, target_real_frac = target
+slots holding a target-region patch, padded_frac = slots beyond the region whatever the padding mode put
+there, alpha_effective = L / N), lr, loop_start_at / first_step_at (unix times this worker group entered
 the train loop / made its first optimiser step), report_time_s (seconds this worker process spent in
 earlier reports: checkpoint write + upload + Ray's report), done (True on the last report).
 A checkpoint (checkpoint.py layout) goes with every report when checkpoint_every = 1, else every
 `checkpoint_every` epochs and at the end of every phase.
 
 Devices: DDP and the distributed sampler come from ray.train.torch.prepare_model / prepare_data_loader;
-on GPU the forward passes run under bf16 autocast (losses in fp32), on CPU in fp32.
+on GPU the forward passes run under bf16 autocast (losses in fp32), on CPU in fp32. A phase whose
+`data.store` is set reads the packed store and augments on the device (objmae_ray/data/loader.py).
 
 Reproducibility: model init from torch.manual_seed(seed); every epoch re-seeds torch / random / numpy,
 the DataLoader generator and the mask generator from (seed, phase, epoch, rank); the DistributedSampler
@@ -53,7 +56,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from objmae_ray.config import PhaseOptim, TrialConfig, trial_from_dict
-from objmae_ray.data import build_classification_dataset, build_pretrain_dataset
+from objmae_ray.data import (TimedLoader, build_classification_dataset, build_packed_loader, build_pretrain_dataset,
+                             low_label_positions)
 from objmae_ray.errors import ConfigError
 from objmae_ray.method.flops import speedup_estimate
 from objmae_ray.method.model import objmae_from_config
@@ -63,6 +67,7 @@ from objmae_ray.train.finetune import (ClassificationLoss, build_classifier, eva
 from objmae_ray.train.optim import build_lr_schedule, build_optimizer
 from objmae_ray.train.pretrain import pretrain_epoch
 from objmae_ray.train.rules import trial_phases
+from objmae_ray.train.speed import StepTimer, baseline_step_seconds
 
 # ---- where a worker runs: Ray Train or a plain process ---------------------------------------------
 
@@ -117,6 +122,7 @@ class LocalRun:
     directory: Path
     reports: list[dict] = field(default_factory=list)
     checkpoints: list[Path] = field(default_factory=list)
+    device: str = "cpu"
 
     def worker(self) -> Worker:
         def report(metrics: dict, checkpoint_dir: str | None, checkpoint_name: str) -> None:
@@ -129,7 +135,8 @@ class LocalRun:
         def latest_checkpoint() -> dict | None:
             return load_checkpoint(self.checkpoints[-1]) if self.checkpoints else None
 
-        return Worker(rank=0, world_size=1, device=torch.device("cpu"), prepare_model=lambda m: m,
+        device = torch.device(self.device)
+        return Worker(rank=0, world_size=1, device=device, prepare_model=lambda m: m.to(device),
                       prepare_loader=lambda loader, add_dist_sampler=True: loader,
                       report=report, latest_checkpoint=latest_checkpoint)
 
@@ -142,12 +149,9 @@ def epoch_seed(seed: int, phase_index: int, epoch: int, rank: int) -> int:
 
 
 def labelled_subset(dataset: Dataset, count: int | None) -> Dataset:
-    """The first `count` images of a fixed random order (seed 0: the same for every trial and worker), or
-    the whole dataset: the low-label split of a transfer phase."""
-    if count is None or count >= len(dataset):
-        return dataset
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(0))
-    return Subset(dataset, order[:count].tolist())
+    """The low-label split of a transfer phase: `count` images (data.low_label_positions), or the whole set."""
+    positions = low_label_positions(len(dataset), count)
+    return dataset if positions is None else Subset(dataset, positions.tolist())
 
 
 def _param_hash(model: nn.Module) -> str:
@@ -160,9 +164,10 @@ def _param_hash(model: nn.Module) -> str:
 class TrialRun:
     """State of one trial inside one worker: the ObjMAE model, progress counters and the resume point."""
 
-    def __init__(self, cfg: TrialConfig, worker: Worker, hooks: dict | None = None):
+    def __init__(self, cfg: TrialConfig, worker: Worker, hooks: dict | None = None, speed_cache: str | None = None):
         self.loop_start_at = time.time()
         self.cfg, self.worker, self.hooks = cfg, worker, hooks or {}
+        self.speed_cache = speed_cache  # where the supervised baseline step time is cached (train/speed.py)
         self.phases = trial_phases(cfg)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.objmae = objmae_from_config(cfg.model)
@@ -173,6 +178,8 @@ class TrialRun:
         state = self.resume["train_state"] if self.resume else {}
         self.pretrain_time_s = state.get("pretrain_time_s", 0.0)
         self.recon_loss = state.get("recon_loss", float("nan"))  # NaN until a pre-train epoch ran (scratch: never)
+        self.speedup_measured = state.get("speedup_measured", float("nan"))
+        self.baseline_s: float | None = None
         if self.resume:
             self.objmae.load_state_dict(self.resume["objmae"])
             set_rng_state(state["rng"])
@@ -215,10 +222,29 @@ class TrialRun:
         loader = DataLoader(dataset, batch_size=per_worker, shuffle=True, drop_last=True, generator=generator,
                             num_workers=phase.data.loader_workers, persistent_workers=False)
         loader = self.worker.prepare_loader(loader, add_dist_sampler=True)
+        self.check_steps(loader, phase_index, len(dataset))
+        return TimedLoader(loader), generator, per_worker * self.worker.world_size
+
+    def check_steps(self, loader, phase_index: int, images: int) -> None:
+        path, _, phase = self.phases[phase_index]
         if len(loader) == 0:
             raise ConfigError(f"{path}.batch_size: {phase.batch_size} images per step but the "
-                              f"training split has only {len(dataset)} images ({self.worker.world_size} workers)")
-        return loader, generator, per_worker * self.worker.world_size
+                              f"training split has only {images} images ({self.worker.world_size} workers)")
+
+    def packed_loader(self, phase_index: int, purpose: str, split: str):
+        """A phase's PackedLoader (data.store): batches augmented on this worker's device."""
+        _, _, phase = self.phases[phase_index]
+        cfg, worker = self.cfg, self.worker
+        recipe = {"crop_scale": phase.crop_scale, "hflip": phase.hflip, "train_images": phase.train_images} \
+            if purpose == "classify" else {}  # the transfer recipe (TransferConfig)
+        loader = build_packed_loader(phase.data, purpose=purpose, split=split, img_size=cfg.model.img_size,
+                                     batch_size=max(1, phase.batch_size // worker.world_size), device=worker.device,
+                                     patch_size=cfg.model.patch_size, patch_threshold=cfg.masking.patch_threshold,
+                                     min_ratio=cfg.masking.min_ratio, selection=cfg.masking.selection,
+                                     rank=worker.rank, world_size=worker.world_size, **recipe)
+        if split == "train":
+            self.check_steps(loader, phase_index, len(loader.view))
+        return loader
 
     def eval_loader(self, dataset: Dataset, phase: PhaseOptim):
         """This rank's disjoint share of the held-out split (no padding duplicates)."""
@@ -263,7 +289,8 @@ class TrialRun:
         last_epoch = epoch + 1 == phase.epochs
         metrics = {**metrics, "phase": name, "phase_index": phase_index, "epoch": epoch,
                    "recon_loss": self.recon_loss, "pretrain_time_s": self.pretrain_time_s,
-                   "speedup_est": self.speedup, "loop_start_at": self.loop_start_at,
+                   "speedup_est": self.speedup, "speedup_measured": self.speedup_measured,
+                   "loop_start_at": self.loop_start_at,
                    "first_step_at": self.first_step_at or 0.0, "report_time_s": self.report_time_s,
                    "done": last_epoch and phase_index + 1 == len(self.phases)}
         due = self.worker.rank == 0 and (last_epoch or (epoch + 1) % self.cfg.checkpoint_every == 0)
@@ -274,7 +301,7 @@ class TrialRun:
                 train_state = {"phase_index": phase_index, "phase": name, "epoch": epoch, "updates": updates,
                                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                "rng": rng_state(), "pretrain_time_s": self.pretrain_time_s,
-                               "recon_loss": self.recon_loss}
+                               "recon_loss": self.recon_loss, "speedup_measured": self.speedup_measured}
                 save_checkpoint(directory, objmae=self.objmae, classifier=classifier, train_state=train_state,
                                 config=self.cfg, metrics=metrics)
             self.worker.report(metrics, str(directory) if due else None, checkpoint_name)
@@ -296,12 +323,28 @@ class TrialRun:
             return self.resume
         return None
 
+    def measure_speedup(self, step_s: float) -> float:
+        """speedup_measured on rank 0 (train/speed.py): the baseline is timed once, then read from the cache."""
+        if self.worker.rank != 0 or not step_s > 0:
+            return self.speedup_measured
+        if self.baseline_s is None:
+            phase = self.cfg.pretrain
+            self.baseline_s = baseline_step_seconds(self.cfg.model, optimizer=phase.optimizer,
+                                                    batch=phase.batch_size // self.worker.world_size,
+                                                    device=self.worker.device, cache_dir=self.speed_cache)
+        return self.baseline_s / step_s
+
     def pretrain(self, phase_index: int, start: int) -> None:
         cfg, phase, device = self.cfg, self.cfg.pretrain, self.worker.device
-        dataset = build_pretrain_dataset(phase.data, img_size=cfg.model.img_size, patch_size=cfg.model.patch_size,
-                                         patch_threshold=cfg.masking.patch_threshold, split="train",
-                                         min_ratio=cfg.masking.min_ratio)
-        loader, loader_generator, global_batch = self.train_loader(dataset, phase_index)
+        if phase.data.store:
+            loader = self.packed_loader(phase_index, "pretrain", "train")
+            loader_generator, global_batch = loader.generator, loader.batch_size * self.worker.world_size
+        else:
+            dataset = build_pretrain_dataset(phase.data, img_size=cfg.model.img_size,
+                                             patch_size=cfg.model.patch_size,
+                                             patch_threshold=cfg.masking.patch_threshold, split="train",
+                                             min_ratio=cfg.masking.min_ratio)
+            loader, loader_generator, global_batch = self.train_loader(dataset, phase_index)
         model = self.worker.prepare_model(self.objmae)
         optimizer = build_optimizer(self.objmae, phase, global_batch=global_batch)
         scheduler = build_lr_schedule(optimizer, phase, updates_per_epoch=len(loader))
@@ -315,12 +358,15 @@ class TrialRun:
             mask_generator.manual_seed(seed)
             stats = pretrain_epoch(model, loader, optimizer, scheduler, epoch=epoch, first_update=epoch * len(loader),
                                    num_patches=self.objmae.num_patches, masking=cfg.masking,
-                                   generator=mask_generator, device=device, on_step=self.on_step("pretrain"))
+                                   generator=mask_generator, device=device, on_step=self.on_step("pretrain"),
+                                   timer=StepTimer(device))
             self.pretrain_time_s += stats.seconds
             self.recon_loss = stats.loss
+            self.speedup_measured = self.measure_speedup(stats.step_s)
             self.dump_params(model, loader, phase_index, epoch)
             self.report({"train_loss": stats.loss, "top1": 0.0, "top5": 0.0, "val_loss": 0.0,
                          "images_per_s": stats.images / stats.seconds, "epoch_time_s": stats.seconds,
+                         "data_wait_frac": loader.wait_s / stats.seconds,
                          "fallback": stats.fallback, "fallback_frac": stats.fallback / max(stats.images, 1),
                          "recon_zero_loss": stats.zero_loss, **stats.alpha,
                          "lr": max(g["lr"] for g in optimizer.param_groups)},
@@ -330,13 +376,20 @@ class TrialRun:
     def transfer(self, phase_index: int, start: int) -> None:
         cfg, device = self.cfg, self.worker.device
         _, name, phase = self.phases[phase_index]
-        train_set, num_classes = build_classification_dataset(phase.data, img_size=cfg.model.img_size, split="train",
-                                                              train=True, crop_scale=phase.crop_scale,
-                                                              hflip=phase.hflip)
-        train_set = labelled_subset(train_set, phase.train_images)
-        val_set, _ = build_classification_dataset(phase.data, img_size=cfg.model.img_size, split="val", train=False)
-        loader, loader_generator, global_batch = self.train_loader(train_set, phase_index)
-        val_loader = self.eval_loader(val_set, phase)
+        if phase.data.store:
+            loader = self.packed_loader(phase_index, "classify", "train")
+            val_loader = self.packed_loader(phase_index, "classify", "val")
+            loader_generator, global_batch = loader.generator, loader.batch_size * self.worker.world_size
+            num_classes = loader.num_classes
+        else:
+            train_set, num_classes = build_classification_dataset(phase.data, img_size=cfg.model.img_size,
+                                                                  split="train", train=True,
+                                                                  crop_scale=phase.crop_scale, hflip=phase.hflip)
+            train_set = labelled_subset(train_set, phase.train_images)
+            val_set, _ = build_classification_dataset(phase.data, img_size=cfg.model.img_size, split="val",
+                                                      train=False)
+            loader, loader_generator, global_batch = self.train_loader(train_set, phase_index)
+            val_loader = self.eval_loader(val_set, phase)
         torch.manual_seed(cfg.seed + phase_index)  # the same new head on every rank
         classifier = build_classifier(cfg.model, phase, num_classes=num_classes,
                                       encoder_state=self.objmae.encoder_state_dict())
@@ -361,13 +414,14 @@ class TrialRun:
             epoch_time = stats.seconds + time.perf_counter() - eval_start
             self.dump_params(model, loader, phase_index, epoch)
             self.report({"train_loss": stats.loss, **scores, "images_per_s": stats.images / stats.seconds,
-                         "epoch_time_s": epoch_time, "fallback": 0, "fallback_frac": 0.0,
+                         "epoch_time_s": epoch_time, "data_wait_frac": loader.wait_s / stats.seconds,
+                         "fallback": 0, "fallback_frac": 0.0,
                          "lr": max(g["lr"] for g in optimizer.param_groups)},
                         phase_index=phase_index, epoch=epoch, optimizer=optimizer, scheduler=scheduler,
                         updates=(epoch + 1) * len(loader), classifier=classifier)
 
 
 def train_loop_per_worker(config: dict) -> None:
-    """Ray Train loop: config = {"trial": TrialConfig.model_dump(), "hooks": dict | None}."""
+    """Ray Train loop: config = {"trial": TrialConfig.model_dump(), "hooks": dict | None, "speed_cache": str | None}."""
     cfg = trial_from_dict(config["trial"])
-    TrialRun(cfg, ray_worker(), config.get("hooks")).run()
+    TrialRun(cfg, ray_worker(), config.get("hooks"), config.get("speed_cache")).run()

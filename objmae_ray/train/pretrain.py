@@ -2,7 +2,8 @@
 
 The masks (selection -> division -> alignment) are sampled on the worker's device from the batch's
 per-patch object maps with a generator the caller seeds per (trial seed, epoch, rank), so a resumed
-epoch draws exactly the masks of the original one.
+epoch draws exactly the masks of the original one. An optional `timer` (objmae_ray/train/speed.py's
+StepTimer) times each step's compute, from the masks to the optimiser step (speedup_measured).
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ class EpochStats:
     fallback: int = 0  # pre-train only: images with no eligible object (whole image used)
     zero_loss: float = 0.0  # pre-train only: the loss of predicting zeros on the same targets (mean per image)
     alpha: dict[str, float] | None = None  # pre-train only: what alpha did, means per image (Masks.alpha_sums)
+    step_s: float = float("nan")  # pre-train with a timer: median compute seconds of one step on this worker
 
 
 def autocast(device: torch.device):
@@ -87,7 +89,7 @@ def sample_batch_masks(batch: dict, *, num_patches: int, masking: MaskingConfig,
 def pretrain_epoch(model: nn.Module, loader: Iterable[dict], optimizer: torch.optim.Optimizer, scheduler, *,
                    epoch: int, first_update: int, num_patches: int, masking: MaskingConfig,
                    generator: torch.Generator, device: torch.device,
-                   on_step: StepHook | None = None) -> EpochStats:
+                   on_step: StepHook | None = None, timer=None) -> EpochStats:
     """Train `model` (ObjMAE, maybe DDP-wrapped) for one pass over `loader`.
 
     `first_update` is the global index of this epoch's first optimiser update (for the per-update
@@ -105,18 +107,22 @@ def pretrain_epoch(model: nn.Module, loader: Iterable[dict], optimizer: torch.op
             on_step(epoch, step)
         scheduler.step_update(first_update + step)
         imgs = batch["image"].to(device, non_blocking=True)
+        if timer is not None:
+            timer.start()
         masks = sample_batch_masks(batch, num_patches=num_patches, masking=masking,
                                    generator=generator, device=device)
         with autocast(device):
             loss, pred = model(imgs, masks.src_idx, masks.tgt_idx, masks.src_valid, masks.tgt_valid)
-        with torch.no_grad():
-            zero = core.forward_loss(imgs, torch.zeros_like(pred), masks.tgt_idx, masks.tgt_valid)
-            on_device += torch.cat([masks.fallback.sum().reshape(1), zero.reshape(1) * imgs.shape[0],
-                                    masks.alpha_sums(num_patches)]).double()
         value = check_finite(loss, phase="pretrain", epoch=epoch, step=step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if timer is not None:
+            timer.stop()
+        with torch.no_grad():  # outside the timed step: the statistics are not part of ObjMAE's cost
+            zero = core.forward_loss(imgs, torch.zeros_like(pred), masks.tgt_idx, masks.tgt_valid)
+            on_device += torch.cat([masks.fallback.sum().reshape(1), zero.reshape(1) * imgs.shape[0],
+                                    masks.alpha_sums(num_patches)]).double()
         loss_sum += value * imgs.shape[0]
         images += imgs.shape[0]
         steps += 1
@@ -126,4 +132,5 @@ def pretrain_epoch(model: nn.Module, loader: Iterable[dict], optimizer: torch.op
     per_image = max(images, 1)
     return EpochStats(loss=loss_sum / per_image, images=int(images), steps=steps, seconds=seconds,
                       fallback=int(fallback), zero_loss=zero_sum / per_image,
-                      alpha={key: value / per_image for key, value in zip(ALPHA_STATS, alpha_sums)})
+                      alpha={key: value / per_image for key, value in zip(ALPHA_STATS, alpha_sums)},
+                      step_s=timer.median() if timer else float("nan"))

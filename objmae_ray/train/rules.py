@@ -12,7 +12,9 @@ from __future__ import annotations
 from objmae_ray.config import PhaseOptim, TrialConfig
 from objmae_ray.method.model import PRESETS
 
-# What each pre-training selection reads from its dataset, and the dataset kinds that provide it.
+# What each pre-training selection reads from its dataset, and the dataset kinds that provide it. A packed
+# store (data.store) keeps what its kind provides: object ids (coco, synthetic), CAM grids (folder packed
+# with a CAM cache; checked when the store opens), labels; so the same table applies to it.
 SELECTION_DATA = {"object": ("coco", "synthetic"), "inter": ("coco", "synthetic"), "cam": ("folder",),
                   "mae": ("coco", "synthetic", "folder")}
 
@@ -49,7 +51,7 @@ def _selection_problems(cfg: TrialConfig) -> list[str]:
     if cfg.masking.cam_select and selection != "cam":
         problems.append(f"masking.cam_select: {cfg.masking.cam_select!r} applies to selection 'cam' only "
                         f"(masking.selection is {selection!r})")
-    if selection == "cam" and not data.cam_cache:
+    if selection == "cam" and not data.cam_cache and not data.store:
         problems.append("pretrain.data.cam_cache: masking.selection 'cam' needs a CAM cache "
                         "(build it with `objmae-data cam`)")
     return problems
@@ -59,9 +61,16 @@ def _phase_problems(cfg: TrialConfig) -> list[str]:
     problems = []
     workers = cfg.resources.num_workers
     for path, _, phase in trial_phases(cfg):
-        if phase.data.kind != "synthetic" and not phase.data.root:
-            problems.append(f"{path}.data.root: required for kind {phase.data.kind!r} "
+        store = phase.data.store
+        if phase.data.kind != "synthetic" and not phase.data.root and not store:
+            problems.append(f"{path}.data.root: required for kind {phase.data.kind!r} without data.store "
                             f"(set it, use ${{VAR}}, or --set {path}.data.root=PATH)")
+        if store == "auto" and phase.data.kind != "synthetic":
+            problems.append(f"{path}.data.store: 'auto' packs the built-in synthetic set only; pack a "
+                            f"{phase.data.kind!r} dataset with `objmae-data pack` and give its directory")
+        if store and "://" in store:
+            problems.append(f"{path}.data.store: {store} is a URI; a store is memory-mapped, so give a "
+                            f"directory every node mounts")
         if phase.warmup_epochs > phase.epochs > 0:  # a pre-training of 0 epochs does not run (scratch baseline)
             problems.append(f"{path}.warmup_epochs: {phase.warmup_epochs} is more than epochs ({phase.epochs})")
         if phase.batch_size < workers:

@@ -46,6 +46,7 @@ from objmae_ray.config import TrialConfig, trial_from_dict
 from objmae_ray.errors import ConfigError
 from objmae_ray.train.loop import train_loop_per_worker
 from objmae_ray.train.rules import trial_phases, trial_problems
+from objmae_ray.train.speed import BASELINE_DIR
 
 CHECKPOINTS_TO_KEEP = 2
 
@@ -104,6 +105,8 @@ def data_problems(cfg: TrialConfig) -> list[str]:
         problems.append(f"pretrain.data.cam_cache: {cam_cache} not found")
     for path, _, phase in trial_phases(cfg):
         data = phase.data
+        if data.store not in (None, "auto") and not Path(data.store).expanduser().is_dir():
+            problems.append(f"{path}.data.store: {data.store} not found (pack it with `objmae-data pack`)")
         if data.root is not None and data.kind != "synthetic" and not Path(data.root).expanduser().is_dir():
             problems.append(f"{path}.data.root: {data.root} not found")
         elif data.ann_file and "{split}" not in data.ann_file:
@@ -117,7 +120,8 @@ def data_problems(cfg: TrialConfig) -> list[str]:
 def _reads_files(cfg: TrialConfig) -> bool:
     """Whether any phase reads a dataset or cache from disk (the built-in synthetic scenes do not need one)."""
     return (cfg.masking.selection == "cam" and bool(cfg.pretrain.data.cam_cache)) or any(
-        phase.data.kind != "synthetic" and phase.data.root is not None for _, _, phase in trial_phases(cfg))
+        (phase.data.kind != "synthetic" and phase.data.root is not None) or phase.data.store not in (None, "auto")
+        for _, _, phase in trial_phases(cfg))
 
 
 def _node_data_problems(cfg_dict: dict) -> tuple[str, list[str]]:
@@ -181,7 +185,8 @@ def build_trainer(cfg: TrialConfig, *, storage_path: str, name: str, callbacks: 
         resources["GPU"] = res.gpus_per_worker
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"trial": cfg.model_dump(), "hooks": hooks},
+        train_loop_config={"trial": cfg.model_dump(), "hooks": hooks,
+                           "speed_cache": f"{str(storage_path).rstrip('/')}/{BASELINE_DIR}"},
         scaling_config=ray.train.ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
