@@ -81,3 +81,13 @@ def test_cpu_trials_count_one_device_per_worker():
     spec = SweepSpec.model_validate({**COCO_STUDY, "base": {**COCO_STUDY["base"], "resources": {"num_workers": 3}}})
     [(_, [pretrain, _])] = plan(spec).bounds[:1]
     assert math.isclose(pretrain.gpu_hours, pretrain.wall_s * 3 / 3600)
+
+
+def test_a_scratch_row_costs_no_pre_training_and_a_low_label_split_costs_its_images():
+    body = {**COCO_STUDY, "sampler": {"kind": "list"}, "search_space": {},
+            "configurations": [{"pretrain.epochs": 0}, {"pretrain.epochs": 10}]}
+    body["base"] = {**COCO_STUDY["base"], "transfer": [{**COCO_STUDY["base"]["transfer"][0], "train_images": 1000}]}
+    scratch, pretrained = plan(SweepSpec.model_validate(body)).bounds
+    assert [p.name for p in scratch[1]] == ["linear"] and [p.name for p in pretrained[1]] == ["pre-train", "linear"]
+    linear = scratch[1][0]  # 1,000 labelled of CIFAR-100's 50,000 train images + its 10,000 val images per epoch
+    assert linear.wall_s == pytest.approx(2 * 11_000 / (2 * min(linear.compute_rate, linear.loading_rate)))

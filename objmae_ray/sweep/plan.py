@@ -148,6 +148,12 @@ def loading_rate(data: DataConfig, cpus: float, spec: SweepSpec) -> tuple[str, f
     return path, cpus * per_core
 
 
+def _labelled(transfer, images: tuple[int, int]) -> tuple[int, int]:
+    """(train, val) images of a transfer phase, its train split cut to a low-label split (train_images)."""
+    train, val = images
+    return (min(train, transfer.train_images) if transfer.train_images else train), val
+
+
 def phase_costs(cfg: TrialConfig, spec: SweepSpec) -> list[PhaseCost]:
     """Every phase's rates, bound, wall time and GPU-hours (module docstring)."""
     model, res = cfg.model, cfg.resources
@@ -156,10 +162,12 @@ def phase_costs(cfg: TrialConfig, spec: SweepSpec) -> list[PhaseCost]:
     step = supervised_flops(model.preset, model.img_size, model.patch_size)
     phases = [("pre-train", cfg.pretrain, _images(cfg.pretrain.data, spec.estimate.pretrain_images),
                objmae_flops(model.preset, model.img_size, model.patch_size, cfg.masking.alpha))]
-    phases += [(transfer.mode, transfer, _images(transfer.data, spec.estimate.transfer_images),
+    phases += [(transfer.mode, transfer, _labelled(transfer, _images(transfer.data, spec.estimate.transfer_images)),
                 step / 3 if transfer.mode == "linear" else step) for transfer in cfg.transfer]
     costs = []
     for name, phase, (train_images, val_images), train_flops in phases:
+        if phase.epochs == 0:  # the scratch baseline's pre-training does not run
+            continue
         images = train_images + val_images
         flops = train_images * train_flops + val_images * step / 3  # per epoch
         compute_rate = flop_rate * images / flops
@@ -177,7 +185,7 @@ def trial_flops(cfg: TrialConfig, spec: SweepSpec) -> float:
                                                              cfg.masking.alpha)
     step = supervised_flops(model.preset, model.img_size, model.patch_size)
     for transfer in cfg.transfer:
-        train_images, val_images = _images(transfer.data, spec.estimate.transfer_images)
+        train_images, val_images = _labelled(transfer, _images(transfer.data, spec.estimate.transfer_images))
         train_step = step / 3 if transfer.mode == "linear" else step
         total += transfer.epochs * (train_images * train_step + val_images * step / 3)
     return float(total)
