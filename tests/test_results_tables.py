@@ -448,7 +448,7 @@ def test_results_form_exact_in_markdown_csv_and_html():
         "top1 1:finetune synthetic_std,pretrain_time_s_mean,pretrain_time_s_std,data_wait_pct_mean,"
         "data_wait_pct_std,val_loss_mean,val_loss_std",
         '1,"alpha=0.25, padding=random",1,3,0,0.5,0,,,55,0,79,0,60,0,5,0,,,2,0',
-        '2,"alpha=0.5, padding=zero",2,1.5,0,0.5,0,,,51,1.41421,80,0,71,1.41421,11,1.41421,,,1.5,0.353553',
+        '2,"alpha=0.5, padding=zero",2,1.5,0,0.5,0,,,51,1.4142135623730951,80,0,71,1.4142135623730951,11,1.4142135623730951,,,1.5,0.3535533905932738',
         '3,"alpha=0.25, padding=zero",1,2.5,0,0.5,0,,,40,0,75,0,58,0,,,,,,']
     page = html_table(table, rows[2:])
     assert page == (

@@ -89,7 +89,10 @@ def test_trial_events_pickle_after_ray_swaps_the_print_builtin(tmp_path, monkeyp
     import builtins
     import pickle
 
-    original = builtins.print
+    from ray.experimental import tqdm_ray
+
+    original = tqdm_ray._print  # the built-in print, even when an earlier Ray test already swapped it
+    assert getattr(original, "__module__", None) == "builtins"
     space = "sampler: {kind: grid}\nsearch_space:\n  padding: {choices: [zero, random]}\n"
     events = TrialEvents(load_spec(tiny_spec(tmp_path, "p", space)),
                          echo=original)

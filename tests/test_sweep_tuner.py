@@ -79,7 +79,7 @@ def test_smoke_sweep_ranked_and_exported(ray_session, tmp_path):
     assert top1s == sorted(top1s, reverse=True)
     means = sorted((sum(r.last["top1"] for r in records if json.dumps(r.params, sort_keys=True) == key) / 2
                     for key in configs), reverse=True)
-    assert top1s == pytest.approx(means, abs=0.005)
+    assert top1s == pytest.approx(means, abs=0.0051)  # results.md shows 2 decimals
     assert (run / "results.csv").is_file() and (run / "pareto.png").stat().st_size > 0
     # the best trial exports
     out = export_best(run, tmp_path / "export")

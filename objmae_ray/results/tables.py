@@ -383,8 +383,16 @@ def html_table(table: Table, rows: list[Row]) -> str:
             f"<tbody>{cells}</tbody></table>\n<p class=note>{html.escape(note(table, rows))}</p>\n")
 
 
+def _raw(value: float | None) -> str:
+    """A CSV cell that reads back as the same float: 3, 0.5, 1.4142135623730951; None as empty."""
+    if value is None:
+        return ""
+    text = repr(float(value))
+    return text.removesuffix(".0")
+
+
 def csv_text(table: Table, rows: list[Row]) -> str:
-    """Raw numbers: results form `rank, configuration, runs, <key>_mean, <key>_std, ...`; paper form
+    """Raw numbers at full precision (what the study stores): results form `rank, configuration, runs, <key>_mean, <key>_std, ...`; paper form
     `<dims>, n, excluded, <key>_mean, <key>_std, ...`."""
     out = io.StringIO()
     writer = csv.writer(out)
@@ -396,5 +404,5 @@ def csv_text(table: Table, rows: list[Row]) -> str:
         numbers = [v for c in table.columns for v in (row.mean[c.key], row.std[c.key])]
         lead = ([i, describe(row.values), len(row.trials)] if table.ranked
                 else [row.values[d] for d in table.dims] + [len(row.trials), row.excluded])
-        writer.writerow(lead + ["" if v is None else f"{v:.6g}" for v in numbers] + calls[i - 1])
+        writer.writerow(lead + [_raw(v) for v in numbers] + calls[i - 1])
     return out.getvalue()
