@@ -18,6 +18,7 @@ from objmae_ray.data.cli import main
 from objmae_ray.data.folder import CamFolder
 from objmae_ray.data.transforms import CropBox, crop_image
 from objmae_ray.errors import ConfigError
+from trial_helpers import noise_folder
 
 
 @pytest.fixture(scope="module")
@@ -57,12 +58,7 @@ def test_cam_patch_saliency_is_patch_mean_of_bilinear_map():
 
 @pytest.fixture()
 def image_folder(tmp_path):
-    root = tmp_path / "images" / "train"
-    rng = np.random.default_rng(0)
-    for cls in ("a", "b b"):
-        (root / cls).mkdir(parents=True)
-        for i in range(2):
-            Image.fromarray(rng.integers(0, 256, (40 + 8 * i, 56, 3), dtype=np.uint8)).save(root / cls / f"img ({i}).png")
+    root = noise_folder(tmp_path / "images" / "train", ("a", "b b"), [(40, 56), (48, 56)], name="img ({i}).png")
     (root / "a" / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
     return root
 

@@ -22,6 +22,7 @@ from objmae_ray.data.cli import main as data_main
 from objmae_ray.data.pack import Layout, pack_split, source_for
 from objmae_ray.data.store import MANIFEST, StoreError, open_split, stored_size
 from test_data import rect_polygon, rect_rle, write_coco
+from trial_helpers import noise_folder
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword")
 
@@ -283,12 +284,7 @@ def test_cam_store_gives_the_jpeg_paths_saliency(tmp_path):
     from objmae_ray.data.loader import PackedView
     from objmae_ray.data.transforms import CropBox
 
-    root = tmp_path / "folder" / "train"
-    rng = np.random.default_rng(0)
-    for cls in ("a", "b"):
-        (root / cls).mkdir(parents=True)
-        for i in range(2):
-            Image.fromarray(rng.integers(0, 256, (300 + 40 * i, 400, 3), dtype=np.uint8)).save(root / cls / f"{i}.png")
+    root = noise_folder(tmp_path / "folder" / "train", ("a", "b"), [(300, 400), (340, 400)])
     torch.manual_seed(0)
     model = timm.create_model("resnet10t", pretrained=False, num_classes=5).eval()
     build_cam_cache(root, tmp_path / "cam.safetensors", model=model, model_name="resnet10t", img_size=64)

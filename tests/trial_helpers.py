@@ -1,7 +1,23 @@
-"""Tiny trial configs shared by the trial tests (no Ray: test_trial.py; Ray: test_trial_ray.py)."""
+"""Tiny trial configs and image folders shared by the tests (no Ray: test_train_trial.py; Ray: test_train_trial_ray.py;
+the CAM and packed-store tests)."""
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
 from objmae_ray.config import TrialConfig
+
+
+def noise_folder(root: Path, classes: tuple[str, ...], sizes: list[tuple[int, int]], name: str = "{i}.png") -> Path:
+    """An ImageFolder split: per class one uniform-noise RGB image of each (height, width), named `name`."""
+    rng = np.random.default_rng(0)
+    for cls in classes:
+        (root / cls).mkdir(parents=True)
+        for i, (h, w) in enumerate(sizes):
+            Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / cls / name.format(i=i))
+    return root
 
 
 def tiny_config(root: str, num_images: int = 32, **overrides) -> TrialConfig:
