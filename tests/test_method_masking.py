@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from objmae_ray.errors import ConfigError
-from objmae_ray.method.masking import PADDINGS, SELECTIONS, Masks, sample_masks, target_length
+from objmae_ray.method.masking import PADDINGS, SELECTIONS, Masks, sample_masks, select_cam, target_length
 
 MIN_RATIO = 0.05
 
@@ -395,6 +395,22 @@ def test_cam_topk_takes_the_most_salient_patches_on_a_ramp():
     assert picked < chosen - 0.2  # a random subset of [0.3, 1] averages about 0.65
 
 
+def test_cam_topk_breaks_saliency_ties_with_the_generator():
+    """A flat saliency map ties every patch, so which 2L patches form the region is drawn from `generator`:
+    the same seed gives the same masks, and the region varies from image to image."""
+    saliency = torch.full((4, 64), 0.5)  # [B=4, N=64]; alpha 1/16 -> L = 4, region = 2L = 8 patches
+    a, b = (masks_for("cam", "zero", 1 / 16, saliency=saliency, seed=5) for _ in range(2))
+    assert torch.equal(a.src_idx, b.src_idx) and torch.equal(a.tgt_idx, b.tgt_idx)
+    regions = {frozenset(as_set(a.src_idx[i]) | as_set(a.tgt_idx[i])) for i in range(4)}
+    assert all(len(region) == 8 for region in regions) and len(regions) > 1
+
+
+def test_select_cam_defaults_to_topk_of_length_one():
+    saliency = torch.tensor([[0.1, 0.9, 0.3, 0.8, 0.2]])  # [1, 5]
+    assert select_cam(saliency, 0.3).tolist() == [[False, True, False, True, False]]  # 2 * 1 most salient
+    assert select_cam(saliency, 0.3, "threshold").tolist() == [[False, True, True, True, False]]  # >= 0.3
+
+
 def test_bad_arguments_give_one_line_errors():
     patches, ratio = seven_patch_object()
     with pytest.raises(ConfigError, match=r"^masking\.selection: 'objects' is not one of object, inter, mae, cam$"):
@@ -455,7 +471,7 @@ def test_every_tensor_follows_the_inputs_device(selection, padding):
             continue  # no input tensor to follow
         m = sample_masks(batch_size=3, num_patches=16, alpha=0.25, selection=selection, padding=padding,
                          device=None if inputs == "meta" else device, **given_)
-        for t in (m.src_idx, m.tgt_idx, m.src_valid, m.tgt_valid, m.fallback):
+        for t in (m.src_idx, m.tgt_idx, m.src_valid, m.tgt_valid, m.fallback, m.alpha_sums(16)):
             assert t.device.type == "meta"
         assert m.src_idx.shape == m.tgt_valid.shape == (3, 4) and m.fallback.shape == (3,)
 
@@ -480,6 +496,10 @@ def test_runs_on_the_inputs_device_with_its_generator(device):
     m = sample_masks(batch_size=64, num_patches=196, alpha=0.34, selection="mae", padding="zero",
                      generator=generator)  # no input tensors: the generator's device
     assert m.src_idx.device.type == device and math.isclose(m.stats()["mask_src_pad_frac"], 0.0)
+    saliency = torch.rand(64, 196, generator=torch.Generator().manual_seed(0)).to(device)
+    m = sample_masks(batch_size=64, num_patches=196, alpha=0.34, selection="cam", padding="zero",
+                     saliency=saliency, generator=generator)  # CAM top-k draws its tie-breaking noise there too
+    assert m.src_idx.device.type == device and m.alpha_sums(196).device.type == device
 
 
 @pytest.mark.parametrize("padding, seen", [("zero", 4), ("replicate", 4), ("random", 10)])
@@ -498,3 +518,15 @@ def test_alpha_sums_under_throwout_lower_l_and_pad_nothing():
     patches, ratio = seven_patch_object()
     m = masks_for("object", "throwout", 0.1, patches, ratio)  # L = min(4, 3) = 3
     assert m.alpha_sums(100).tolist() == pytest.approx([3 / 100, 1.0, 0.0, 3 / 100])
+
+
+def test_alpha_sums_add_up_per_image_statistics():
+    """Two images, zero padding, L = 10 on 100 patches: a 7-patch object (source 4 + target 3) and a 3-patch
+    one (source 2 + target 1). Each image's share is computed from its own region, then summed."""
+    grid = 10
+    patches, ratio = scene([[(rect(grid, 0, 0, 1, 7), 0.07)], [(rect(grid, 5, 0, 1, 3), 0.05)]], grid * grid)
+    m = masks_for("object", "zero", 0.1, patches, ratio)
+    assert m.src_real.tolist() == [4, 2] and m.tgt_real.tolist() == [3, 1]  # [B]
+    encoder_seen, target_real, padded, alpha_effective = m.alpha_sums(100).tolist()
+    assert encoder_seen == pytest.approx(4 / 100 + 2 / 100) and target_real == pytest.approx(3 / 10 + 1 / 10)
+    assert padded == pytest.approx(13 / 20 + 17 / 20) and alpha_effective == pytest.approx(2 * 10 / 100)
