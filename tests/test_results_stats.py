@@ -5,7 +5,9 @@ import math
 
 import pytest
 
-from objmae_ray.results.stats import finite, mean_std, pareto_front
+from scipy import stats as scipy_stats
+
+from objmae_ray.results.stats import finite, mean_std, pareto_front, welch_p
 
 
 def test_finite_keeps_finite_numbers_only():
@@ -38,3 +40,17 @@ def test_mean_and_sample_std():
 ])
 def test_pareto_front_maximises_both(points, front):
     assert pareto_front(points) == front
+
+
+def test_welch_p_is_welchs_not_students_and_none_when_undefined():
+    # a: mean 2.5, sample variance 5/3 (n 4); b: mean 10, sample variance 520/4 = 130 (n 5). Welch:
+    # t = (2.5 - 10) / sqrt(v_a / 4 + v_b / 5), Welch-Satterthwaite df, two-sided p from Student's t law.
+    va, vb = 5 / 3 / 4, 130 / 5
+    t = (2.5 - 10) / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va ** 2 / 3 + vb ** 2 / 4)
+    p = 2 * scipy_stats.t.sf(abs(t), df)
+    assert p == pytest.approx(0.2161, abs=1e-4)  # Student's pooled test would give 0.2377
+    assert welch_p([1.0, 2.0, 3.0, 4.0], [2.0, 4.0, 6.0, 8.0, 30.0]) == pytest.approx(p, rel=1e-9)
+    assert welch_p([1.0, 2.0, 3.0], [1.0, 2.0, 3.0]) == pytest.approx(1.0)
+    assert welch_p([1.0, 2.0], [3.0]) is None and welch_p([], [1.0, 2.0]) is None
+    assert welch_p([1.0, 1.0], [1.0, 1.0]) is None  # no spread and no difference: 0 / 0

@@ -8,6 +8,7 @@ import socket
 import time
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -18,7 +19,7 @@ from torch import nn
 from objmae_ray.config import ModelConfig, TransferConfig
 from objmae_ray.method.model import create_objmae
 from objmae_ray.train import finetune
-from objmae_ray.train.finetune import (build_classifier, evaluate, train_classifier_epoch,
+from objmae_ray.train.finetune import (ClassificationLoss, build_classifier, evaluate, train_classifier_epoch,
                                        trainable_module)
 from objmae_ray.train.pretrain import NonFiniteLossError
 
@@ -293,3 +294,57 @@ def test_train_epoch_takes_one_sgd_step_per_batch_from_fresh_gradients():
                 p -= 0.5 * p.grad
     torch.testing.assert_close(model[1].weight, reference.weight)
     torch.testing.assert_close(model[1].bias, reference.bias)
+
+
+# ClassificationLoss: expected values from the definitions (timm's Mixup in "batch" mode pairs image i
+# with image B-1-i, x_i <- lam x_i + (1 - lam) x_(B-1-i), target lam y_i + (1 - lam) y_(B-1-i); label
+# smoothing s over C classes puts 1 - s + s / C on the label and s / C elsewhere), not from the code.
+
+def _constant_images(n: int, size: int = 8) -> torch.Tensor:
+    return torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 3, size, size).clone()  # image i is all i
+
+
+def _smoothed(labels: torch.Tensor, s: float, C: int) -> torch.Tensor:
+    return F.one_hot(labels, C).float() * (1 - s) + s / C
+
+
+def test_no_mixing_is_cross_entropy_with_the_phases_label_smoothing():
+    logits, labels = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]]), torch.tensor([0, 1])
+    logp = torch.log_softmax(logits, 1)
+    nll, uniform = -logp[[0, 1], labels], -logp.mean(1)
+    imgs = _constant_images(3)
+    for transfer, s in [(None, 0.0), (TransferConfig(), 0.0), (TransferConfig(label_smoothing=0.2), 0.2)]:
+        loss = ClassificationLoss(transfer, num_classes=3)
+        assert loss.mix(imgs, labels) == (imgs, labels)  # nothing mixed, hard labels kept (odd batch too)
+        assert loss(logits, labels).item() == pytest.approx(((1 - s) * nll + s * uniform).mean().item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("s", [0.0, 0.1])
+def test_mixup_pairs_reversed_images_and_mixes_smoothed_targets(s):
+    np.random.seed(0)  # timm draws lam with numpy
+    C, labels = 10, torch.tensor([0, 1, 2, 3, 4, 5, 6])
+    loss = ClassificationLoss(TransferConfig(mixup=0.8, label_smoothing=s), num_classes=C)
+    imgs, targets = loss.mix(_constant_images(7), labels)  # odd batch: the last image is left out
+    assert imgs.shape == (6, 3, 8, 8) and targets.shape == (6, C)
+    lam = 1 - imgs[0, 0, 0, 0].item() / 5  # image 0 (all 0) mixed with image 5 (all 5)
+    assert 0 < lam < 1
+    i = torch.arange(6.0).view(6, 1, 1, 1)
+    assert torch.allclose(imgs, (lam * i + (1 - lam) * (5 - i)).expand_as(imgs), atol=1e-5)
+    expected = lam * _smoothed(labels[:6], s, C) + (1 - lam) * _smoothed(labels[:6].flip(0), s, C)
+    assert torch.allclose(targets, expected, atol=1e-6)
+    logits = torch.randn(6, C, generator=torch.Generator().manual_seed(0))
+    soft_ce = -(targets * torch.log_softmax(logits, 1)).sum(1).mean()
+    assert loss(logits, targets).item() == pytest.approx(soft_ce.item(), rel=1e-6)
+
+
+def test_cutmix_alone_pastes_a_box_and_weights_targets_by_its_area():
+    C, labels = 4, torch.tensor([0, 1, 2, 3])
+    loss = ClassificationLoss(TransferConfig(cutmix=1.0), num_classes=C)
+    for seed in range(8):
+        np.random.seed(seed)
+        imgs, targets = loss.mix(_constant_images(4), labels)
+        for i in range(4):  # every pixel comes whole from image i or image 3 - i (no blending)
+            own = (imgs[i] == i).float().mean().item()
+            assert own + (imgs[i] == 3 - i).float().mean().item() == 1.0
+            assert targets[i].tolist() == pytest.approx(
+                (own * F.one_hot(labels[i], C) + (1 - own) * F.one_hot(labels[3 - i], C)).tolist(), abs=1e-6)
