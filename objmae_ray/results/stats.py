@@ -29,7 +29,8 @@ def mean_std(values: list[float]) -> tuple[float | None, float | None]:
 
 def welch_p(a: list[float], b: list[float]) -> float | None:
     """Two-sided p-value of Welch's t-test (unequal variances) that a and b have the same mean; None when it
-    cannot be computed (fewer than 2 values on a side, or no spread on either side)."""
+    cannot be computed (fewer than 2 values on a side, or no spread on either side and equal means). No spread
+    on either side but different means gives 0.0: the difference is beyond any noise the repeats show."""
     if len(a) < 2 or len(b) < 2:
         return None
     with warnings.catch_warnings():  # identical values on one side: scipy warns, the p-value is still right
