@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import timm
@@ -16,7 +17,8 @@ from objmae_ray.cli import export_main
 from objmae_ray.config import TrialConfig
 from objmae_ray.errors import ConfigError
 from objmae_ray.method.model import create_objmae, get_preset, timm_vit_name
-from objmae_ray.results.export import encoder_state, export_best
+from objmae_ray.results import export
+from objmae_ray.results.export import encoder_state, export_best, local_checkpoint
 from s3_helpers import BUCKET
 
 def test_export_picks_best_final_metric_and_loads_into_timm(run_dir, tmp_path):
@@ -224,3 +226,19 @@ def test_card_and_metadata_follow_the_trials_config(run_dir, tmp_path, monkeypat
     assert "holds the trial's final linear classifier (timm `vit_tiny_patch16_384`, global_pool as trained)" in card
     with safe_open(str(out / "encoder.safetensors"), framework="pt") as f:
         assert f.metadata()["timm_model"] == "vit_tiny_patch16_384"
+
+
+def test_checkpoint_is_read_through_a_named_scratch_directory_removed_afterwards(run_dir, tmp_path, monkeypatch):
+    """A remote checkpoint is copied to <scratch>/checkpoint; the scratch directory is named objmae-export-* (a
+    leftover one is recognisable) and is gone once the export is written."""
+    copied = []
+    monkeypatch.setattr(export, "download", lambda source, dest: copied.append((source, dest)) or Path(dest))
+    assert local_checkpoint("s3://bucket/run/train-a1/checkpoint_2", tmp_path) == tmp_path / "checkpoint"
+    assert copied == [("s3://bucket/run/train-a1/checkpoint_2", tmp_path / "checkpoint")]
+    assert local_checkpoint(str(run_dir), tmp_path) == run_dir and len(copied) == 1  # local: read in place
+
+    scratch = []
+    monkeypatch.setattr(export, "local_checkpoint",
+                        lambda source, directory: scratch.append(Path(directory)) or Path(source))
+    export_best(run_dir, tmp_path / "out")
+    assert len(scratch) == 1 and scratch[0].name.startswith("objmae-export-") and not scratch[0].exists()

@@ -15,7 +15,9 @@ from objmae_ray.config import SweepSpec
 from objmae_ray.results.page import write_report, write_results
 from objmae_ray.results.records import TrialRecord, records_from_dir
 from objmae_ray.results.stats import pareto_front
-from objmae_ray.results.tables import Row, csv_text, html_table, markdown, paper_table, pivot, results_table
+from objmae_ray.results.stats import welch_p
+from objmae_ray.results.tables import (NoiseTest, Row, csv_text, html_table, markdown, measured_speedup, noise_calls,
+                                       objective_key, paper_table, pivot, results_table, shown_speedup, speedup_kind)
 from objmae_ray.sweep.rundir import save_spec
 from objmae_ray.sweep.space import TRIAL_INDEX
 from objmae_ray.sweep.spec import load_spec
@@ -94,6 +96,7 @@ def test_table8_padding_mean_and_spread_over_seeds(tmp_path):
     assert float(table[0]["top1_mean"]) == 83.5 and math.isclose(float(table[0]["top1_std"]), math.sqrt(0.5),
                                                                   rel_tol=1e-5)
     assert math.isclose(float(table[1]["top5_mean"]), 94.05) and float(table[3]["top1_std"]) == 0.0
+    assert [r["vs_best_top1"] for r in table] == ["best", "≈ p=0.29", "≈ p=1", "-"]  # each row its own call
     page = (out / "index.html").read_text()
     assert "<td>Zero</td><td>2</td><td>83.50 ± 0.71</td>" in page and "8 trials (7 done, 1 stopped)" in page
 
@@ -147,6 +150,7 @@ def test_table5_one_column_pair_per_transfer_phase(tmp_path):
     assert md_rows(md)[1] == ["MAE", "2", "1.9x", "89.50 ± 0.71", "98.20 ± 0.28", "33.50 ± 0.71", "60.50 ± 0.71",
                               "83.00 ± 1.41", "95.50 ± 0.71", "best", "best", "best"]  # vs best, per phase's top-1
     assert md_rows(md)[0][-1] == "vs best (Fine-tune CIFAR-100 Top-1)" and md_rows(md)[2][-3:] == ["-", "-", "-"]
+    assert " vs best: Welch's t-test on top1_phase1, top1_phase2, top1_phase3 over the repeats against the best" in md
 
 
 def test_table4_alpha_speedup_recon_and_seed_as_repeat(tmp_path):
@@ -263,9 +267,9 @@ def test_table_marks_stopped_and_missing():
 # ---- every table form, rendered exactly ----------------------------------------------------------------
 # In-memory trial records with known metrics; the expected Markdown / CSV / HTML is written out by hand.
 def spec_of(space: dict, base: dict = BASE, objectives=({"metric": "top1", "mode": "max"},),
-            sampler: str = "grid") -> SweepSpec:
+            sampler: str = "grid", significance: str = "none") -> SweepSpec:
     body = {"study": "s", "objectives": list(objectives), "sampler": {"kind": sampler}, "base": base,
-            "search_space": space, "significance": "none"}  # the forms alone (noise columns: tests above)
+            "search_space": space, "significance": significance}  # "none": the forms alone (noise: tests above)
     if sampler != "grid":
         body["num_samples"] = 4
     return SweepSpec.model_validate(body)
@@ -497,3 +501,61 @@ def test_paper_dimensions_in_the_papers_order_then_file_order():
     spec = spec_of({"pretrain.lr": {"choices": [0.1, 0.01]}, "padding": {"choices": ["zero", "random"]},
                     "patch_size": {"choices": [16, 8]}, "pretrain.epochs": {"choices": [1, 2]}})
     assert paper_table(spec).dims == ["model.patch_size", "masking.padding", "pretrain.lr", "pretrain.epochs"]
+
+
+def test_rows_without_pre_training_read_as_a_plain_vit():
+    """A searched pretrain.epochs 0 trains a ViT from scratch: its model is "ViT (no pre-training)" and its alpha "-"."""
+    spec = spec_of({"selection": {"choices": ["object"]}, "alpha": {"choices": [0.25]},
+                    "pretrain.epochs": {"choices": [1, 0]}})
+    name, md = paper_markdown(spec, [
+        record("a", {"masking.selection": "object", "masking.alpha": 0.25, "pretrain.epochs": 0}, [(40.0, 70.0)]),
+        record("b", {"masking.selection": "object", "masking.alpha": 0.25, "pretrain.epochs": 1}, [(60.0, 80.0)])])
+    assert name == "table_ablation"
+    assert md == ("## Ablation (paper form): Searched settings (study s)\n\n"
+                  "| Model | α | pretrain.epochs | n | Speed Up | Pre-train img/s | Recon Loss | Zero-pred Loss | Top-1 "
+                  "| Top-5 |\n|---|---|---|---|---|---|---|---|---|---|\n"
+                  "| ObjMAE | 0.25 | 1 | 1 | 2.0x | 100.0 | 0.5000 | - | 60.00 | 80.00 |\n"
+                  "| ViT (no pre-training) | - | 0 | 1 | 2.0x | 100.0 | 0.5000 | - | 40.00 | 70.00 |\n\n"
+                  f"{PAPER_NOTE}\n")
+
+
+def test_measured_speedup_where_the_trial_measured_one_else_the_flop_ratio():
+    measured = record("m", {}, [(1.0, 2.0)], speedup=2.0, speedup_measured=2.5)
+    slower = record("s", {}, [(1.0, 2.0)], speedup=2.0, speedup_measured=0.5)  # slower than the ViT step: still shown
+    zero = record("z", {}, [(1.0, 2.0)], speedup=3.0, speedup_measured=0.0)  # 0: no measurement
+    never = record("n", {}, [(1.0, 2.0)], speedup=4.0)
+    assert [measured_speedup(r) for r in (measured, slower, zero, never)] == [2.5, 0.5, None, None]
+    assert [shown_speedup(r) for r in (measured, slower, zero, never)] == [2.5, 0.5, 3.0, 4.0]
+    assert speedup_kind([measured, slower]) == ("measured step-time ratio vs a supervised ViT step on the trial's "
+                                                "device (speedup_measured)")
+    assert speedup_kind([measured, zero, never]) == ("measured step-time ratio (speedup_measured) for 1 of 3 trials, "
+                                                     "FLOP ratio (speedup_est) for the others")
+    assert speedup_kind([zero, never]) == "FLOP ratio vs a supervised ViT step (speedup_est; no trial measured one)"
+    assert objective_key("speedup_measured") == objective_key("speedup_est") == "speedup"
+    assert objective_key("top1") == "top1"
+
+
+def test_noise_test_on_the_first_objectives_column():
+    objectives = ({"metric": "speedup_measured", "mode": "max"}, {"metric": "top1", "mode": "max"})
+    spec = spec_of({"alpha": {"choices": [0.5, 0.25]}}, objectives=objectives, significance="welch")
+    assert results_table(spec).noise == [NoiseTest("speedup", "max", 0.05)]
+    spec = spec_of({"padding": {"choices": ["zero", "random"]}}, significance="welch")
+    assert paper_table(spec).noise == [NoiseTest("top1", "max", 0.05)]
+
+
+def test_noise_calls_against_the_best_row():
+    def row(mean, samples=None):
+        return Row({}, samples={} if samples is None else {"v": samples}, mean={"v": mean})
+
+    # min: the lowest mean is best. (10, 11) vs (0, 1): t = 10 / sqrt(0.25 + 0.25), 2 degrees of freedom,
+    # p = 1 - |t| / sqrt(t^2 + 2) = 1 - 14.142 / 14.213 = 0.005; a row without the column's values: no call
+    rows = [row(10.5, [10.0, 11.0]), row(0.5, [0.0, 1.0]), row(None)]
+    assert noise_calls(NoiseTest("v", "min", 0.05), rows) == ["≠ p=0.005", "best", "-"]
+    assert noise_calls(NoiseTest("v", "max", 0.05), rows) == ["best", "≠ p=0.005", "-"]
+    # the best row without values: no call for anyone
+    assert noise_calls(NoiseTest("v", "max", 0.05), [row(3.0), row(1.0, [0.0, 2.0])]) == ["best", "-"]
+    assert noise_calls(NoiseTest("v", "max", 0.05), [row(None), row(None)]) == ["-", "-"]
+    # a p-value equal to the level is within the noise: (82, 83) vs (83, 84), p = 0.29 (Table 8 above)
+    level = welch_p([82.0, 83.0], [83.0, 84.0])
+    rows = [row(83.5, [83.0, 84.0]), row(82.5, [82.0, 83.0])]
+    assert noise_calls(NoiseTest("v", "max", level), rows) == ["best", "≈ p=0.29"]
