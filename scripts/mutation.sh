@@ -2,8 +2,8 @@
 # Mutation score of the core (docs/MUTATION.md): mutmut plants one small bug at a time in masking, the model
 # and its loss, the transfer evaluation (top-1 / top-5), the table statistics and the export, and runs the
 # fast tests (no Ray) that reach the changed function ([tool.mutmut] in pyproject.toml). Prints the score
-# per module and in all; exits 1 below 90%. Not run by CI (2,255 mutants: 28 minutes on a busy 2-core VM,
-# 16 minutes of CPU time): run it before each release of the core.
+# per module and in all; exits 1 below 90%. Not run by CI (2,722 mutants: 37 minutes on an idle 2-core VM
+# with 135 survivors, docs/MUTATION.md): run it before each release of the core.
 #
 #   bash scripts/mutation.sh                                 # everything, from scratch
 #   bash scripts/mutation.sh --keep 'objmae_ray.results.*'   # some mutants, reusing ./mutants/ results
