@@ -392,8 +392,8 @@ def _raw(value: float | None) -> str:
 
 
 def csv_text(table: Table, rows: list[Row]) -> str:
-    """Raw numbers at full precision (what the study stores): results form `rank, configuration, runs, <key>_mean, <key>_std, ...`; paper form
-    `<dims>, n, excluded, <key>_mean, <key>_std, ...`."""
+    """Raw numbers at full precision (what the study stores): results form
+    `rank, configuration, runs, <key>_mean, <key>_std, ...`; paper form `<dims>, n, excluded, <key>_mean, <key>_std, ...`."""
     out = io.StringIO()
     writer = csv.writer(out)
     stats = [f"{c.key}_{s}" for c in table.columns for s in ("mean", "std")]
