@@ -194,7 +194,10 @@ def num_patches(spec: SweepSpec, values: dict[str, Any] | None = None) -> int:
 
 
 def achievable_alphas(low: float, high: float, n: int) -> list[float]:
-    """The distinct alphas L / N with L = target_length(alpha, N) for alpha in [low, high]."""
+    """The distinct alphas L / N with L = target_length(alpha, N) for alpha in [low, high]; none when the image
+    holds no patch (N = 0, refused by the patch-divides-image rule)."""
+    if n <= 0:
+        return []
     return [length / n for length in range(target_length(low, n), target_length(high, n) + 1)]
 
 
