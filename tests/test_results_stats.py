@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 
 import pytest
-
 from scipy import stats as scipy_stats
 
 from objmae_ray.results.stats import finite, mean_std, pareto_front, welch_p

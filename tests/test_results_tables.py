@@ -14,8 +14,7 @@ from objmae_ray.cli import report_main as main
 from objmae_ray.config import SweepSpec
 from objmae_ray.results.page import write_report, write_results
 from objmae_ray.results.records import TrialRecord, records_from_dir
-from objmae_ray.results.stats import pareto_front
-from objmae_ray.results.stats import welch_p
+from objmae_ray.results.stats import pareto_front, welch_p
 from objmae_ray.results.tables import (NoiseTest, Row, csv_text, html_table, markdown, measured_speedup, noise_calls,
                                        objective_key, paper_table, pivot, results_table, shown_speedup, speedup_kind)
 from objmae_ray.sweep.rundir import save_spec

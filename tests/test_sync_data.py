@@ -20,8 +20,8 @@ TREE = {"train2017/000001.jpg": bytes(range(256)) * 4, "train2017/000002.jpg": b
         "annotations/instances_train2017.json": b'{"images": [], "annotations": []}'}
 
 
-def sync(src: str, dest: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(SCRIPT), src, str(dest)], capture_output=True, text=True, env=env,
+def sync(env: dict[str, str], *args: str | Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["bash", str(SCRIPT), *map(str, args)], capture_output=True, text=True, env=env,
                           timeout=300)
 
 
@@ -55,7 +55,7 @@ def test_directory_source_is_copied_and_resynced_incrementally(tmp_path, home_en
     for name, data in TREE.items():
         (src / name).parent.mkdir(parents=True, exist_ok=True)
         (src / name).write_bytes(data)
-    first = sync(str(src), dest, home_env)
+    first = sync(home_env, src, dest)
     assert first.returncode == 0, first.stderr
     assert tree(dest) == TREE
     assert re.fullmatch(rf"synced {re.escape(str(src))} -> {re.escape(str(dest))}: \S+ in \d+ s\n", first.stdout)
@@ -65,16 +65,16 @@ def test_directory_source_is_copied_and_resynced_incrementally(tmp_path, home_en
     (src / "train2017/000002.jpg").write_bytes(b"changed")
     (src / "val2017").mkdir()
     (src / "val2017/000003.jpg").write_bytes(b"new")
-    assert sync(str(src) + "/", dest, home_env).returncode == 0  # a trailing slash means the same folder
+    assert sync(home_env, f"{src}/", dest).returncode == 0  # a trailing slash means the same folder
     assert tree(dest) == {**TREE, "train2017/000001.jpg": kept, "train2017/000002.jpg": b"changed",
                           "val2017/000003.jpg": b"new"}
 
 
 def test_bad_arguments_give_one_line(tmp_path, home_env):
-    missing = sync(str(tmp_path / "nowhere"), tmp_path / "dest", home_env)
+    missing = sync(home_env, tmp_path / "nowhere", tmp_path / "dest")
     assert missing.returncode == 1
     assert missing.stderr == f"error: {tmp_path / 'nowhere'}: dataset directory not found\n"
-    usage = subprocess.run(["bash", str(SCRIPT), "only-one"], capture_output=True, text=True, env=home_env)
+    usage = sync(home_env, "only-one")
     assert usage.returncode == 2
     assert usage.stderr.startswith("usage: ") and usage.stderr.count("\n") == 1
 
@@ -93,7 +93,7 @@ def test_s3_source_is_synced_with_the_aws_cli(tmp_path, home_env):
             s3.put_object(Bucket=BUCKET, Key=f"coco/{name}", Body=data)
         s3.put_object(Bucket=BUCKET, Key="other/not-this.jpg", Body=b"outside the prefix")
 
-        first = sync(f"s3://{BUCKET}/coco", dest, env)
+        first = sync(env, f"s3://{BUCKET}/coco", dest)
         assert first.returncode == 0, first.stderr
         assert tree(dest) == TREE
         assert first.stdout.startswith(f"synced s3://{BUCKET}/coco -> {dest}: ")
@@ -102,7 +102,7 @@ def test_s3_source_is_synced_with_the_aws_cli(tmp_path, home_env):
         kept = mark_unchanged_copy(dest / "train2017/000001.jpg")
         s3.put_object(Bucket=BUCKET, Key="coco/train2017/000002.jpg", Body=b"a longer, changed object")
         s3.put_object(Bucket=BUCKET, Key="coco/val2017/000003.jpg", Body=b"new")
-        assert sync(f"s3://{BUCKET}/coco/", dest, env).returncode == 0
+        assert sync(env, f"s3://{BUCKET}/coco/", dest).returncode == 0
         assert tree(dest) == {**TREE, "train2017/000001.jpg": kept,
                               "train2017/000002.jpg": b"a longer, changed object", "val2017/000003.jpg": b"new"}
 
