@@ -14,7 +14,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
+# the environment: OBJMAE_VENV or ./.venv (made by scripts/setup.sh), else the active one ($VIRTUAL_ENV)
 VENV="${OBJMAE_VENV:-.venv}"
+if [ ! -x "$VENV/bin/objmae-sweep" ] && [ -n "${VIRTUAL_ENV:-}" ] && [ -x "$VIRTUAL_ENV/bin/objmae-sweep" ]; then
+  VENV="$VIRTUAL_ENV"
+fi
+if [ ! -x "$VENV/bin/objmae-sweep" ]; then
+  echo "check_cluster: no objmae-ray environment at $VENV: run bash scripts/setup.sh (or set OBJMAE_VENV, or activate one)" >&2
+  exit 3
+fi
 VENV_BIN="$(cd "$VENV/bin" && pwd)"
 WORK=$(mktemp -d /tmp/objmae-check-cluster.XXXXXX)
 PORT=$("$VENV_BIN/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')

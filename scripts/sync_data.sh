@@ -31,6 +31,10 @@ case "$src" in
       echo "error: $src: dataset directory not found" >&2
       exit 1
     fi
+    if ! command -v rsync >/dev/null 2>&1; then
+      echo "error: rsync not found: install it (apt-get install rsync) to copy from a directory" >&2
+      exit 1
+    fi
     rsync -a "${src%/}/" "$dest/"
     ;;
 esac

@@ -3,6 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+bash scripts/system_deps.sh   # rsync, sshd, prometheus: before the suite, on a machine that never ran it
 VENV="${OBJMAE_VENV:-.venv}"
 if [ $# -gt 0 ]; then
   exec "$VENV/bin/python" -m pytest -q "$@"

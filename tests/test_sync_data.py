@@ -51,6 +51,8 @@ def home_env(tmp_path) -> dict[str, str]:
 
 
 def test_directory_source_is_copied_and_resynced_incrementally(tmp_path, home_env):
+    if shutil.which("rsync") is None:
+        pytest.skip("rsync not installed (scripts/system_deps.sh installs it as root)")
     src, dest = tmp_path / "src", tmp_path / "dest"
     for name, data in TREE.items():
         (src / name).parent.mkdir(parents=True, exist_ok=True)
@@ -77,6 +79,18 @@ def test_bad_arguments_give_one_line(tmp_path, home_env):
     usage = sync(home_env, "only-one")
     assert usage.returncode == 2
     assert usage.stderr.startswith("usage: ") and usage.stderr.count("\n") == 1
+
+
+def test_missing_rsync_is_one_line(tmp_path, home_env):
+    """A node without rsync: the script names the tool and how to get it, not `line N: rsync: command not found`."""
+    bin_dir = tmp_path / "bin"  # PATH with the script's other tools and no rsync
+    bin_dir.mkdir()
+    for tool in ("bash", "mkdir", "date", "du", "cut"):
+        (bin_dir / tool).symlink_to(shutil.which(tool))
+    (tmp_path / "src").mkdir()
+    result = sync({**home_env, "PATH": str(bin_dir)}, tmp_path / "src", tmp_path / "dest")
+    assert result.returncode == 1
+    assert result.stderr == "error: rsync not found: install it (apt-get install rsync) to copy from a directory\n"
 
 
 def test_s3_source_is_synced_with_the_aws_cli(tmp_path, home_env):
