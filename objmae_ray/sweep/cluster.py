@@ -247,7 +247,9 @@ def pip_problems(raw: dict[str, Any]) -> list[str]:
             except ValueError:
                 continue
             for i in range(len(words) - 1):
-                if re.fullmatch(r"pip[0-9.]*", Path(words[i]).name) and words[i + 1] == "install":
+                # pip as the command itself (after VAR=value, sudo), or run by `python -m` / `uv`
+                runs_pip = i == 0 or words[i - 1] in ("-m", "uv", "sudo") or all("=" in w for w in words[:i])
+                if runs_pip and re.fullmatch(r"pip[0-9.]*", Path(words[i]).name) and words[i + 1] == "install":
                     loose = _unpinned(words[i + 2:])
                     if loose:
                         problems.append(
