@@ -255,6 +255,8 @@ def test_worker_profile_the_head_cannot_pass_is_refused(tmp_path):
     ("cd /tmp && python3 -m pip install -U timm==1.0.31", "timm==1.0.31"),  # its dependencies float
     ("pip3 install --no-deps timm==1.0.*", "timm==1.0.*"),
     ("pip install -r requirements.txt", "-r requirements.txt"),
+    ("echo start; env PIP_NO_CACHE_DIR=1 sudo pip install ray", "ray"),
+    ("pip install -q \\\n  'torch>=2.4'", "torch>=2.4"),  # a continued line
 ])
 def test_unpinned_pip_install_in_setup_commands_is_refused(tmp_path, command, unpinned):
     config = _gpu()

@@ -241,14 +241,14 @@ def pip_problems(raw: dict[str, Any]) -> list[str]:
     constraints file, and not every requirement an `==` pin with --no-deps). One line each, naming the field."""
     problems = []
     for field, command in _setup_commands(raw):
-        for part in _SHELL_SEPARATORS.split(command):
+        for part in _SHELL_SEPARATORS.split(command.replace("\\\n", " ")):  # joined continuation lines
             try:
                 words = shlex.split(part)
             except ValueError:
                 continue
             for i in range(len(words) - 1):
                 # pip as the command itself (after VAR=value, sudo), or run by `python -m` / `uv`
-                runs_pip = i == 0 or words[i - 1] in ("-m", "uv", "sudo") or all("=" in w for w in words[:i])
+                runs_pip = words[i - 1] in ("-m", "uv") or all("=" in w or w in ("env", "sudo") for w in words[:i])
                 if runs_pip and re.fullmatch(r"pip[0-9.]*", Path(words[i]).name) and words[i + 1] == "install":
                     loose = _unpinned(words[i + 2:])
                     if loose:
