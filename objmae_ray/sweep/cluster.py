@@ -77,7 +77,7 @@ def load_cluster_config(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: {where}: {reason}") from None
     _check_resources(path, config)
     _check_token_auth(path, config)
-    problems = aws_problems(raw, config) + pip_problems(raw)
+    problems = aws_problems(config) + pip_problems(raw)
     if problems:
         raise ConfigError("\n".join(f"{path}: {problem}" for problem in problems))
     return config
@@ -134,11 +134,11 @@ def _same_remote_path(dest: str, wanted: str) -> bool:
 def _profile_name(profile: Any) -> str | None:
     """The instance profile's name from `IamInstanceProfile: {Name: ...}` or `{Arn: ...:instance-profile/NAME}`."""
     if not isinstance(profile, dict):
-        return None
+        return str(profile) if profile else None
     return str(profile.get("Name") or str(profile.get("Arn", "")).rsplit("/", 1)[-1]) or None
 
 
-def aws_problems(raw: dict[str, Any], config: dict[str, Any]) -> list[str]:
+def aws_problems(config: dict[str, Any]) -> list[str]:
     """What keeps an AWS cluster of this config from starting GPU workers that train: a node type without a
     pinned `ImageId`, a head profile not documented as able to launch workers, a worker profile that head
     cannot pass. [] for other providers. One line each, naming the field."""
@@ -157,7 +157,7 @@ def aws_problems(raw: dict[str, Any], config: dict[str, Any]) -> list[str]:
                 f"'{DEFAULT_AMI_NAME}' (CUDA 11.2 driver), which cannot run the pinned torch; set the Deep Learning "
                 f"Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) of the region (README, On a GPU cluster)")
     head_config = types[head].get("node_config", {})
-    head_profile = _profile_name(head_config.get("IamInstanceProfile")) if "IamInstanceProfile" in head_config else None
+    head_profile = _profile_name(head_config.get("IamInstanceProfile"))
     if head_profile not in (None, HEAD_PROFILE, RAY_DEFAULT_PROFILE):
         problems.append(
             f"available_node_types/{head}/node_config/IamInstanceProfile: '{head_profile}' is not documented as able "
