@@ -12,7 +12,8 @@ What runs where: the head's autoscaler (monitor.py) builds `AWSNodeProvider` and
 `ray up` on the laptop also runs `bootstrap_config` (-> aws/config.py: key pairs, security groups, subnets,
 IAM roles) and `fillout_available_node_types_resources` (-> `list_ec2_instances`, DescribeInstanceTypes);
 those calls use the laptop's credentials, so they are not in the head policy, and a test checks that only
-`ray up` (autoscaler/_private/commands.py) reaches them. `_check_ami_cwa_installation` runs only with
+`ray up` (autoscaler/_private/commands.py) reaches them; on the head, only the monitor's clean-up after a
+crash with RAY_AUTOSCALER_FATESHARE_WORKERS=1 (not set by our YAMLs) would run that bootstrap. `_check_ami_cwa_installation` runs only with
 `provider.cloudwatch`, which the offline check refuses together with objmae-ray-head.
 """
 from __future__ import annotations
@@ -194,6 +195,15 @@ def test_laptop_only_calls_are_reached_only_from_ray_up():
     lines = (AWS / "node_provider.py").read_text().splitlines()
     call = next(i for i, line in enumerate(lines) if "self._check_ami_cwa_installation(" in line)
     assert "cloudwatch_config_exists" in lines[call - 1]
+    # The head's monitor reaches `ray up`'s bootstrap only through teardown_cluster, after a crash and only
+    # with RAY_AUTOSCALER_FATESHARE_WORKERS=1 (the YAMLs do not set it)
+    monitor = (RAY / "autoscaler" / "_private" / "monitor.py").read_text()
+    assert "import teardown_cluster" in monitor and "_bootstrap_config" not in monitor
+    lines = monitor.splitlines()
+    teardowns = [i for i, line in enumerate(lines) if "teardown_cluster(" in line]
+    destroys = [i for i, line in enumerate(lines) if "self.destroy_autoscaler_workers()" in line]
+    assert len(teardowns) == 1 and "def destroy_autoscaler_workers" in "\n".join(lines[teardowns[0] - 20:teardowns[0]])
+    assert destroys and all("RAY_AUTOSCALER_FATESHARE_WORKERS" in "\n".join(lines[i - 5:i]) for i in destroys)
 
 
 # ---- policy documents -------------------------------------------------------------------------------------------
