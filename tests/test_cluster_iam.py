@@ -29,7 +29,6 @@ from collections import defaultdict
 from pathlib import Path
 
 import pytest
-import yaml
 from s3_helpers import moto_server
 
 from objmae_ray.sweep.cluster import HEAD_PROFILE, WORKER_PROFILE, load_cluster_config
@@ -277,10 +276,3 @@ def test_create_roles_script_makes_roles_profiles_and_policies_idempotently(tmp_
     bad = subprocess.run([*script, "s3://my-objmae-bucket"], env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "usage: bash cluster/iam/create_roles.sh BUCKET" in bad.stderr
 
-
-def test_gpu_yaml_keeps_the_bucket_placeholder_of_the_policies():
-    """The README's one replace (YOUR-BUCKET) covers the YAML, and the script fills the policies."""
-    text = (REPO / "cluster" / "gpu.yaml").read_text()
-    assert "s3://YOUR-BUCKET/objmae-data" in text
-    assert all("YOUR-BUCKET" in (IAM / n).read_text() for n in ("head-policy.json", "worker-policy.json"))
-    assert yaml.safe_load(text)["provider"]["region"] == "us-west-2"
