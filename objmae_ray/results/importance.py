@@ -41,7 +41,7 @@ def importances(study: optuna.Study, spec: SweepSpec) -> dict[str, dict[str, flo
         sign = -1.0 if objective.mode == "max" else 1.0
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "assumes lower target values are better": the sign handles it
-            out[objective.metric] = optuna.importance.get_param_importances(
+            out[objective.key] = optuna.importance.get_param_importances(
                 study, evaluator=evaluator, target=lambda t, i=i, sign=sign: sign * t.values[i], normalize=True)
     return out
 
