@@ -141,7 +141,8 @@ def export_best(run_dir: str | Path, out: str | Path, *, metric: str | None = No
     (out / CONFIG_FILE).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     metrics = {k: v for k, v in record.last.items() if isinstance(v, (int, float, str, bool)) or v is None}
     (out / METRICS_FILE).write_text(json.dumps(
-        {"trial_id": record.trial_id, "selected_by": {"metric": metric, "mode": mode, "phase": phase},
+        {"trial_id": record.trial_id,
+         "selected_by": {"metric": metric, "mode": mode, **({} if phase is None else {"phase": phase})},
          "params": record.params,
          "checkpoint": source, "metrics": metrics}, indent=2, sort_keys=True, default=str))
     (out / CARD_FILE).write_text(_model_card(record, cfg, metrics, metric, timm_name, has_classifier, study))
