@@ -388,7 +388,7 @@ def text_cells(table: Table, rows: list[Row]) -> tuple[list[str], list[list[str]
                 for i, row in enumerate(rows)]
         return header, body
     header = [_dim_title(table, d) for d in table.dims] + ["paper row", "n"]  # each paper column after ours
-    header += [t for c in table.columns for t in ([c.title] + ([f"paper {c.title}"] if _paper_of(c) else []))]
+    header += [t for c in table.columns for t in ([c.title] + ([f"paper {c.title}"] if _paper_of(c) else []))] + noise
     body = []
     for i, row in enumerate(rows):
         paper = table.paper_row(row)
