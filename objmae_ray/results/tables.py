@@ -20,6 +20,12 @@ TrialConfig paths) and, per column, the mean and sample std over the row's trial
   selection + alpha                   Table 9      top-1, top-5
   anything else                       ablation     speed-up, pre-train img/s, recon loss (+ predict-zeros), top-1/5
 
+Paper numbers: where the configurations carry `paper` annotations (config.PaperRow), the paper form adds
+a "paper row" column (the paper's row and α reading, or "extra: REASON") and, after each top-1 / top-5
+column, the paper's number for that phase ("paper Top-1"); the CSV adds paper_row, paper_<key>.
+Objectives: the results form ranks by the first objective's column; one naming a transfer phase
+(`phase: i`) ranks by that phase's column (`objective_column`).
+
 Noise: with `significance: welch` (the default) every table compares each row's repeats of the first
 objective (Table 5: each phase's top-1) with the best row's (Welch's t-test, `significance_level`) and
 marks the rows whose difference is within the seed noise ("≈"); with one repeat per row no call can be

@@ -1,5 +1,8 @@
-"""What the schema cannot see in a sweep file: search paths and values, grid, list and budget, ASHA,
-storage, and every rule of objmae_ray/train/rules.py on the trials the space can produce.
+"""What the schema cannot see in a sweep file: search paths and values, grid, list and budget, ASHA
+(refused with several objectives: it prunes on one metric), storage, objectives (one naming no phase in a
+study with several transfer phases), the rows' `paper` annotations (on every row or none, one number per
+transfer phase, masking.alpha as the annotation's α reading maps it), and every rule of
+objmae_ray/train/rules.py on the trials the space can produce.
 
 `spec_problems(spec, where)` returns one line per problem; `where(loc)` turns a location in the file
 (('search_space', 'alpha'), ('base', 'pretrain', 'data', 'root')) into "FILE:LINE: dotted.path".
