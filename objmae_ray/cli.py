@@ -216,7 +216,7 @@ def _run_parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 
 def export_main(argv: list[str] | None = None) -> int:
-    """`objmae-export RUN_DIR --out DIR [--metric M] [--mode max|min] [--phase I]` -- see objmae_ray/results/export.py."""
+    """`objmae-export RUN_DIR --out DIR [--metric M] [--mode max|min] [--phase I]` -- see results/export.py."""
     parser = _run_parser("objmae-export", "Export the best trial of a sweep run (weights for timm, config, card).")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--metric", default=None, help="rank by this metric (default: the first objective)")

@@ -177,8 +177,8 @@ def test_report_prints_the_papers_numbers_beside_ours(tmp_path, data_env, capsys
     assert table[0][-3:] == ["paper_row", "paper_top1", "paper_top5"] and table[1][-2:] == ["83.38", "94.16"]
     assert table[4][-2:] == ["", ""]
 
-    spec = load_spec(REPO / "search_spaces" / "transfer.yaml",
-                     short + [f"transfer.{i}.{k}={v}" for i in (1, 2) for k, v in (("epochs", 1), ("warmup_epochs", 0))])
+    short += [f"transfer.{i}.{k}={v}" for i in (1, 2) for k, v in (("epochs", 1), ("warmup_epochs", 0))]
+    spec = load_spec(REPO / "search_spaces" / "transfer.yaml", short)
     run = tmp_path / "runs" / "transfer-1"
     save_spec(spec, str(run))
     for i, row in enumerate(configuration_rows(spec)):

@@ -59,7 +59,8 @@ def test_layer_decay_defaults_by_phase_and_is_refused_below_one_from_scratch():
         "transfer.2.layer_decay: 0.8 < 1 with pretrain.epochs 0: layer-wise decay protects pre-trained features "
         "and a random encoder has none, so it only slows the early blocks (leave layer_decay out for 1.0, or set "
         "transfer.2.allow_layer_decay_from_scratch: true)"]
-    allowed = config(pretrain={"epochs": 0}, transfer=[*phases[:2], {**phases[2], "allow_layer_decay_from_scratch": True}])
+    allowed = config(pretrain={"epochs": 0},
+                     transfer=[*phases[:2], {**phases[2], "allow_layer_decay_from_scratch": True}])
     assert trial_problems(allowed) == [] and allowed.transfer_layer_decay(2) == 0.8
     # exactly 1.0 from scratch is no decay; a linear probe has no layer-wise lr at all
     assert trial_problems(config(pretrain={"epochs": 0}, transfer=[{"layer_decay": 1.0},

@@ -9,7 +9,8 @@ its metrics and a short model card.
   metrics.json            the trial's final metrics, its searched values, the source checkpoint
   README.md               model card
 The best trial is the one with the best *final* value of the metric (default: the sweep's first
-objective; of the transfer phase it names, `--phase` or the objective's `phase`), read from the trial directories' result.json; its weights come from the checkpoint
+objective; of the transfer phase it names, `--phase` or the objective's `phase`), read from the trial
+directories' result.json; its weights come from the checkpoint
 directory of its last report carrying one (`checkpoint_path`, reported by Tune's
 TuneReportCallback). Only JSON and safetensors are read: nothing is unpickled. RUN_DIR may be remote
 (s3://bucket/prefix/run): its files are read in place and the one checkpoint is copied to a temporary

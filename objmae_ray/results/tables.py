@@ -465,8 +465,9 @@ def _raw(value: float | None) -> str:
 
 def csv_text(table: Table, rows: list[Row]) -> str:
     """Raw numbers at full precision (what the study stores): results form
-    `rank, configuration, runs, <key>_mean, <key>_std, ...`; paper form `<dims>, n, excluded, <key>_mean, <key>_std, ...`
-    (+ `paper_row, paper_<key>...` where the configurations carry `paper` annotations)."""
+    `rank, configuration, runs, <key>_mean, <key>_std, ...`; paper form
+    `<dims>, n, excluded, <key>_mean, <key>_std, ...` (+ `paper_row, paper_<key>...` where the configurations
+    carry `paper` annotations)."""
     out = io.StringIO()
     writer = csv.writer(out)
     stats = [f"{c.key}_{s}" for c in table.columns for s in ("mean", "std")]

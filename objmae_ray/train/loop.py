@@ -404,7 +404,8 @@ class TrialRun:
             classifier.load_state_dict(resume["classifier"])
         model = self.worker.prepare_model(classifier)
         optimizer = build_optimizer(trainable_module(classifier, name), phase, global_batch=global_batch,
-                                    layer_decay=cfg.transfer_layer_decay(phase_index - 1) if name == "finetune" else None)
+                                    layer_decay=cfg.transfer_layer_decay(phase_index - 1) if name == "finetune"
+                                    else None)
         scheduler = build_lr_schedule(optimizer, phase, updates_per_epoch=len(loader))
         if resume:
             optimizer.load_state_dict(resume["train_state"]["optimizer"])
