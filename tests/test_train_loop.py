@@ -127,6 +127,18 @@ def test_local_run_reports_every_epoch_with_checkpoints(clean_run):
     assert "head.0.weight" not in last["classifier"]
 
 
+def test_each_transfer_phase_final_is_carried_to_the_last_report(clean_run):
+    """transfer<i>_<metric> (what an objective naming `phase: i` optimises): absent before transfer phase i,
+    its latest value from then on, so the last report holds every phase's final value."""
+    pretrain, finetune, linear = clean_run.reports[1], clean_run.reports[2], clean_run.reports[3]
+    assert not any(k.startswith("transfer") for k in pretrain)
+    assert {k: finetune[k] for k in finetune if k.startswith("transfer")} == {
+        "transfer0_top1": finetune["top1"], "transfer0_top5": finetune["top5"],
+        "transfer0_val_loss": finetune["val_loss"], "transfer0_train_loss": finetune["train_loss"]}
+    assert linear["transfer0_top1"] == finetune["top1"] and linear["transfer0_val_loss"] == finetune["val_loss"]
+    assert linear["transfer1_top1"] == linear["top1"] and linear["transfer1_top5"] == linear["top5"]
+
+
 def test_linear_probe_keeps_the_pretrained_encoder(clean_run):
     pretrained = ckpt.load_checkpoint(clean_run.checkpoints[1])["objmae"]
     finetuned = ckpt.load_checkpoint(clean_run.checkpoints[2])["classifier"]
