@@ -254,8 +254,8 @@ PHASE_METRICS = ("top1", "top5", "val_loss", "train_loss")
 
 
 def phase_key(metric: str, phase: int) -> str:
-    """The report key carrying transfer phase `phase`'s `metric` ("transfer0_top1"): set by every report from
-    that phase on (objmae_ray/train/loop.py), so a trial's last report holds every finished phase's value."""
+    """The report key carrying transfer phase `phase`'s `metric` ("transfer0_top1"): in every report, 0.0 until
+    that phase reports (objmae_ray/train/loop.py), so a trial's last report holds every finished phase's value."""
     return f"transfer{phase}_{metric}"
 
 

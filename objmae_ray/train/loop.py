@@ -18,8 +18,8 @@ fallback / fallback_frac (images that had no eligible object), what alpha did in
 slots holding a target-region patch, padded_frac = slots beyond the region whatever the padding mode put
 there, alpha_effective = L / N), lr, loop_start_at / first_step_at (unix times this worker group entered
 the train loop / made its first optimiser step), transfer<i>_<metric> (phase_key: transfer phase i's latest
-top1 / top5 / val_loss / train_loss, in every report from that phase on, so the last report holds each
-phase's final value: what an objective naming `phase: i` optimises), report_time_s (seconds this worker process spent in
+top1 / top5 / val_loss / train_loss, 0.0 until that phase reports, so the last report holds each phase's
+final value: what an objective naming `phase: i` optimises), report_time_s (seconds this worker process spent in
 earlier reports: checkpoint write + upload + Ray's report), done (True on the last report).
 A checkpoint (checkpoint.py layout) goes with every report when checkpoint_every = 1, else every
 `checkpoint_every` epochs and at the end of every phase.
@@ -181,7 +181,11 @@ class TrialRun:
         self.pretrain_time_s = state.get("pretrain_time_s", 0.0)
         self.recon_loss = state.get("recon_loss", float("nan"))  # NaN until a pre-train epoch ran (scratch: never)
         self.speedup_measured = state.get("speedup_measured", float("nan"))
-        self.phase_values: dict[str, float] = dict(state.get("phase_values", {}))  # phase_key(metric, i) -> value
+        # phase_key(metric, i) -> transfer phase i's latest value; 0.0 until the phase reports (Tune checks that
+        # every report holds the searcher's metrics, as for top1 during pre-training)
+        self.phase_values: dict[str, float] = {phase_key(m, i): 0.0 for i in range(len(cfg.transfer))
+                                               for m in PHASE_METRICS}
+        self.phase_values.update(state.get("phase_values", {}))
         self.baseline_s: float | None = None
         if self.resume:
             self.objmae.load_state_dict(self.resume["objmae"])
