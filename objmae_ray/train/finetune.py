@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from objmae_ray.config import ModelConfig, TransferConfig
 from objmae_ray.method.model import create_vit_classifier
-from objmae_ray.train.pretrain import EpochStats, StepHook, all_reduce_sums, autocast, check_finite
+from objmae_ray.train.pretrain import EpochLoss, EpochStats, StepHook, all_reduce_sums, autocast
 
 def build_classifier(model_cfg: ModelConfig, transfer: TransferConfig, *, num_classes: int,
                      encoder_state: dict[str, Tensor] | None) -> nn.Module:
@@ -85,7 +85,7 @@ def train_classifier_epoch(model: nn.Module, loader: Iterable, optimizer: torch.
     loss_fn = loss_fn or ClassificationLoss()
     model.train()
     start = time.perf_counter()
-    loss_sum, images, steps = 0.0, 0, 0
+    losses, images, steps = EpochLoss(device), 0, 0
     for step, (imgs, labels) in enumerate(loader):
         if on_step is not None:
             on_step(epoch, step)
@@ -95,14 +95,13 @@ def train_classifier_epoch(model: nn.Module, loader: Iterable, optimizer: torch.
         with autocast(device):
             logits = model(imgs)  # [B, num_classes]
         loss = loss_fn(logits, targets)
-        value = check_finite(loss, phase=phase, epoch=epoch, step=step)
+        losses.add(loss, imgs.shape[0], step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        loss_sum += value * imgs.shape[0]
         images += imgs.shape[0]
         steps += 1
-    loss_sum, images = all_reduce_sums(loss_sum, images, device=device)
+    loss_sum, images = losses.reduce(phase=phase, epoch=epoch, images=images)
     return EpochStats(loss=loss_sum / max(images, 1), images=int(images), steps=steps,
                       seconds=time.perf_counter() - start)
 

@@ -45,9 +45,42 @@ def autocast(device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
-def check_finite(loss: torch.Tensor, *, phase: str, epoch: int, step: int) -> float:
-    """loss: [] -> its value, or NonFiniteLossError naming where it happened."""
-    value = loss.item()
+class EpochLoss:
+    """The epoch's loss sum (loss x images) and its first non-finite loss (step, value), kept on the device.
+
+    `add` reads no value on the host; `reduce` is the epoch's one host sync: it sums over workers and raises
+    NonFiniteLossError (on every worker) naming the first non-finite step, so a non-finite epoch is never
+    reported nor checkpointed.
+    """
+
+    def __init__(self, device: torch.device):
+        self.total = torch.zeros((), dtype=torch.float64, device=device)
+        self.first_bad = torch.full((2,), -1.0, dtype=torch.float64, device=device)  # (step, loss), step -1: none
+
+    def add(self, loss: torch.Tensor, images: int, step: int) -> None:
+        """loss: [] (the batch mean) of a batch of `images` at `step`."""
+        loss = loss.detach().double()
+        self.total += loss * images
+        new = ~torch.isfinite(loss) & (self.first_bad[0] < 0)
+        self.first_bad = torch.where(new, torch.stack([torch.full_like(loss, step), loss]), self.first_bad)
+
+    def reduce(self, *, phase: str, epoch: int, images: int, extra: torch.Tensor | None = None) -> list[float]:
+        """[loss sum, images, *extra] summed over workers (extra: [E] device sums of the epoch)."""
+        extra = torch.zeros(0, dtype=torch.float64, device=self.total.device) if extra is None else extra
+        host = torch.cat([self.total.reshape(1), self.first_bad, extra.double()]).tolist()  # the one host sync
+        step, value = host[1], host[2]
+        loss_sum, bad, images, *rest = all_reduce_sums(host[0], float(step >= 0), images, *host[3:],
+                                                       device=self.total.device)
+        if step >= 0:
+            check_finite(value, phase=phase, epoch=epoch, step=int(step))
+        if bad:
+            raise NonFiniteLossError(f"{phase}: loss is not finite on another worker in epoch {epoch}; stopping "
+                                     f"the trial (the last checkpoint before it is kept)")
+        return [loss_sum, images, *rest]
+
+
+def check_finite(value: float, *, phase: str, epoch: int, step: int) -> float:
+    """A loss value read on the host -> itself, or NonFiniteLossError naming where it happened."""
     if not math.isfinite(value):
         raise NonFiniteLossError(f"{phase}: loss is {value} at epoch {epoch} step {step}; stopping the trial "
                                  f"(the last checkpoint before it is kept)")
@@ -83,6 +116,7 @@ def sample_batch_masks(batch: dict, *, num_patches: int, masking: MaskingConfig,
         cam_select=masking.cam_select or "topk",
         generator=generator,
         device=device,
+        fixed_length=True,  # throwout without reading its length on the host (Masks.keep)
     )
 
 
@@ -100,7 +134,7 @@ def pretrain_epoch(model: nn.Module, loader: Iterable[dict], optimizer: torch.op
     model.train()
     core = getattr(model, "module", model)  # DDP wraps the ObjMAE
     start = time.perf_counter()
-    loss_sum, images, steps = 0.0, 0, 0
+    losses, images, steps = EpochLoss(device), 0, 0
     on_device = torch.zeros(2 + len(ALPHA_STATS), dtype=torch.float64, device=device)  # fallback, zero loss, alpha
     for step, batch in enumerate(loader):
         if on_step is not None:
@@ -112,8 +146,8 @@ def pretrain_epoch(model: nn.Module, loader: Iterable[dict], optimizer: torch.op
         masks = sample_batch_masks(batch, num_patches=num_patches, masking=masking,
                                    generator=generator, device=device)
         with autocast(device):
-            loss, pred = model(imgs, masks.src_idx, masks.tgt_idx, masks.src_valid, masks.tgt_valid)
-        value = check_finite(loss, phase="pretrain", epoch=epoch, step=step)
+            loss, pred = model(imgs, masks.src_idx, masks.tgt_idx, masks.src_valid, masks.tgt_valid, masks.keep)
+        losses.add(loss, imgs.shape[0], step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -123,11 +157,10 @@ def pretrain_epoch(model: nn.Module, loader: Iterable[dict], optimizer: torch.op
             zero = core.forward_loss(imgs, torch.zeros_like(pred), masks.tgt_idx, masks.tgt_valid)
             on_device += torch.cat([masks.fallback.sum().reshape(1), zero.reshape(1) * imgs.shape[0],
                                     masks.alpha_sums(num_patches)]).double()
-        loss_sum += value * imgs.shape[0]
         images += imgs.shape[0]
         steps += 1
-    loss_sum, images, fallback, zero_sum, *alpha_sums = all_reduce_sums(loss_sum, images, *on_device.tolist(),
-                                                                        device=device)
+    loss_sum, images, fallback, zero_sum, *alpha_sums = losses.reduce(phase="pretrain", epoch=epoch, images=images,
+                                                                      extra=on_device)
     seconds = time.perf_counter() - start
     per_image = max(images, 1)
     return EpochStats(loss=loss_sum / per_image, images=int(images), steps=steps, seconds=seconds,
