@@ -86,6 +86,9 @@ class PhaseOptim(_Strict):
     min_lr: float = Field(1e-5, ge=0.0)
     weight_decay: float = Field(0.05, ge=0.0)
     optimizer: str = "lookahead_adamw"
+    # micro-batches per optimiser update (gradient accumulation, same effective batch); None: the fewest whose
+    # estimated peak fits the GPU (objmae_ray/method/memory.py; 1 on a CPU), printed by the plan and the trial
+    accum_steps: Optional[int] = Field(None, gt=0)
 
 
 class PretrainConfig(PhaseOptim):

@@ -23,7 +23,8 @@ A checkpoint (checkpoint.py layout) goes with every report when checkpoint_every
 `checkpoint_every` epochs and at the end of every phase.
 
 Devices: DDP and the distributed sampler come from ray.train.torch.prepare_model / prepare_data_loader;
-on GPU the forward passes run under bf16 autocast (losses in fp32), on CPU in fp32. A phase whose
+on GPU the forward passes run under bf16 autocast (losses in fp32), on CPU in fp32. A phase whose estimated
+peak memory exceeds the GPU's runs with gradient accumulation (PhaseOptim.accum_steps, method/memory.py). A phase whose
 `data.store` is set reads the packed store and augments on the device (objmae_ray/data/loader.py).
 
 Reproducibility: model init from torch.manual_seed(seed); every epoch re-seeds torch / random / numpy,
@@ -60,6 +61,7 @@ from objmae_ray.data import (TimedLoader, build_classification_dataset, build_pa
                              low_label_positions)
 from objmae_ray.errors import ConfigError
 from objmae_ray.method.flops import speedup_estimate
+from objmae_ray.method.memory import planned_accumulation
 from objmae_ray.method.model import objmae_from_config
 from objmae_ray.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from objmae_ray.train.finetune import (ClassificationLoss, build_classifier, evaluate, train_classifier_epoch,
@@ -334,6 +336,20 @@ class TrialRun:
                                                     device=self.worker.device, cache_dir=self.speed_cache)
         return self.baseline_s / step_s
 
+    def accum_steps(self, phase_index: int, per_worker: int) -> int:
+        """The phase's accum_steps, or on a GPU the fewest micro-batches whose estimated peak memory fits it
+        (objmae_ray/method/memory.py; printed once by rank 0)."""
+        _, name, phase = self.phases[phase_index]
+        device = self.worker.device
+        if phase.accum_steps or device.type != "cuda":
+            return phase.accum_steps or 1
+        steps, why = planned_accumulation(self.cfg.model, name, batch=per_worker, alpha=self.cfg.masking.alpha,
+                                          optimizer=phase.optimizer,
+                                          capacity_bytes=torch.cuda.get_device_properties(device).total_memory)
+        if why and self.worker.rank == 0:
+            print(f"{self.cfg.name}: {why} on {torch.cuda.get_device_name(device)}", flush=True)
+        return steps
+
     def pretrain(self, phase_index: int, start: int) -> None:
         cfg, phase, device = self.cfg, self.cfg.pretrain, self.worker.device
         if phase.data.store:
@@ -353,13 +369,14 @@ class TrialRun:
             optimizer.load_state_dict(resume["train_state"]["optimizer"])
             scheduler.load_state_dict(resume["train_state"]["scheduler"])
         mask_generator = torch.Generator(device)
+        accum_steps = self.accum_steps(phase_index, global_batch // self.worker.world_size)
         for epoch in range(start, phase.epochs):
             seed = self.seed_epoch(phase_index, epoch, loader, loader_generator)
             mask_generator.manual_seed(seed)
             stats = pretrain_epoch(model, loader, optimizer, scheduler, epoch=epoch, first_update=epoch * len(loader),
                                    num_patches=self.objmae.num_patches, masking=cfg.masking,
                                    generator=mask_generator, device=device, on_step=self.on_step("pretrain"),
-                                   timer=StepTimer(device))
+                                   timer=StepTimer(device), accum_steps=accum_steps)
             self.pretrain_time_s += stats.seconds
             self.recon_loss = stats.loss
             self.speedup_measured = self.measure_speedup(stats.step_s)
@@ -404,11 +421,12 @@ class TrialRun:
             optimizer.load_state_dict(resume["train_state"]["optimizer"])
             scheduler.load_state_dict(resume["train_state"]["scheduler"])
         loss_fn = ClassificationLoss(phase, num_classes)
+        accum_steps = self.accum_steps(phase_index, global_batch // self.worker.world_size)
         for epoch in range(start, phase.epochs):
             self.seed_epoch(phase_index, epoch, loader, loader_generator)
             stats = train_classifier_epoch(model, loader, optimizer, scheduler, phase=name, epoch=epoch,
                                            first_update=epoch * len(loader), device=device, loss_fn=loss_fn,
-                                           on_step=self.on_step(name))
+                                           on_step=self.on_step(name), accum_steps=accum_steps)
             eval_start = time.perf_counter()
             scores = evaluate(model, val_loader, device=device)
             epoch_time = stats.seconds + time.perf_counter() - eval_start

@@ -7,6 +7,7 @@ StepTimer) times each step's compute, from the masks to the optimiser step (spee
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -95,6 +96,20 @@ def all_reduce_sums(*values: float, device: torch.device) -> list[float]:
     return t.tolist()
 
 
+def micro_batches(size: int, accum_steps: int) -> list[slice]:
+    """A batch of `size` images cut into `accum_steps` consecutive micro-batches of ceil(size / accum_steps)
+    images (the last may be smaller; fewer when size < accum_steps)."""
+    step = -(-size // max(1, accum_steps))
+    return [slice(start, min(start + step, size)) for start in range(0, size, step)]
+
+
+def sync_unless_last(model: nn.Module, index: int, count: int):
+    """DDP's no_sync() for every micro-batch but the last (gradients all-reduced once per update)."""
+    if index + 1 < count and hasattr(model, "no_sync"):
+        return model.no_sync()
+    return contextlib.nullcontext()
+
+
 def sample_batch_masks(batch: dict, *, num_patches: int, masking: MaskingConfig,
                        generator: torch.Generator, device: torch.device) -> Masks:
     """Masks for a pre-training batch.
@@ -123,11 +138,14 @@ def sample_batch_masks(batch: dict, *, num_patches: int, masking: MaskingConfig,
 def pretrain_epoch(model: nn.Module, loader: Iterable[dict], optimizer: torch.optim.Optimizer, scheduler, *,
                    epoch: int, first_update: int, num_patches: int, masking: MaskingConfig,
                    generator: torch.Generator, device: torch.device,
-                   on_step: StepHook | None = None, timer=None) -> EpochStats:
+                   on_step: StepHook | None = None, timer=None, accum_steps: int = 1) -> EpochStats:
     """Train `model` (ObjMAE, maybe DDP-wrapped) for one pass over `loader`.
 
     `first_update` is the global index of this epoch's first optimiser update (for the per-update
     lr schedule); `generator` lives on `device` and is already seeded for (seed, epoch, rank).
+    `accum_steps` > 1: gradient accumulation. The masks are drawn for the whole batch, then each micro-batch
+    (micro_batches) runs forward + backward with its loss weighted by its share of the batch's valid target
+    slots, so the summed gradient is the full batch's; one optimiser update per batch (DDP syncs once).
     Besides the loss, the epoch measures the loss of predicting zeros on the same targets (the baseline a
     reconstruction must beat) and what alpha did (Masks.alpha_sums), accumulated on the device.
     """
@@ -145,12 +163,23 @@ def pretrain_epoch(model: nn.Module, loader: Iterable[dict], optimizer: torch.op
             timer.start()
         masks = sample_batch_masks(batch, num_patches=num_patches, masking=masking,
                                    generator=generator, device=device)
-        with autocast(device):
-            loss, pred = model(imgs, masks.src_idx, masks.tgt_idx, masks.src_valid, masks.tgt_valid, masks.keep)
-        losses.add(loss, imgs.shape[0], step)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        parts = micro_batches(imgs.shape[0], accum_steps)
+        valid = masks.tgt_valid.sum().clamp(min=1) if len(parts) > 1 else None
+        loss, preds = 0.0, []
+        for index, part in enumerate(parts):
+            keep = None if masks.keep is None else masks.keep[part]
+            with sync_unless_last(model, index, len(parts)):
+                with autocast(device):
+                    part_loss, pred = model(imgs[part], masks.src_idx[part], masks.tgt_idx[part],
+                                            masks.src_valid[part], masks.tgt_valid[part], keep)
+                if valid is not None:  # this micro-batch's share of the batch's valid target slots
+                    part_loss = part_loss * (masks.tgt_valid[part].sum() / valid)
+                part_loss.backward()
+            loss, preds = loss + part_loss.detach(), preds + [pred.detach()]
+        losses.add(loss, imgs.shape[0], step)
         optimizer.step()
+        pred = preds[0] if len(preds) == 1 else torch.cat(preds)
         if timer is not None:
             timer.stop()
         with torch.no_grad():  # outside the timed step: the statistics are not part of ObjMAE's cost
