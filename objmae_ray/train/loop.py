@@ -19,8 +19,10 @@ slots holding a target-region patch, padded_frac = slots beyond the region whate
 there, alpha_effective = L / N), lr, loop_start_at / first_step_at (unix times this worker group entered
 the train loop / made its first optimiser step), report_time_s (seconds this worker process spent in
 earlier reports: checkpoint write + upload + Ray's report), done (True on the last report).
-A checkpoint (checkpoint.py layout) goes with every report when checkpoint_every = 1, else every
-`checkpoint_every` epochs and at the end of every phase.
+A checkpoint (checkpoint.py layout) goes with the first report after `checkpoint_minutes` (default 15) of
+wall time since the last one, or every `checkpoint_every` epochs when that is set, and with the last report
+of every phase. On Ray it uploads in the background (CheckpointUploadMode.ASYNC; the trial's last one
+synchronously) from a directory Ray deletes once uploaded.
 
 Devices: DDP and the distributed sampler come from ray.train.torch.prepare_model / prepare_data_loader;
 on GPU the forward passes run under bf16 autocast (losses in fp32), on CPU in fp32. A phase whose estimated
@@ -82,9 +84,10 @@ class Worker:
     device: torch.device
     prepare_model: Callable[[nn.Module], nn.Module]
     prepare_loader: Callable[..., Any]  # (loader, add_dist_sampler: bool) -> iterable of batches on device
-    report: Callable[[dict, str | None, str], None]  # (metrics, checkpoint dir or None, checkpoint name)
+    report: Callable[..., None]  # (metrics, checkpoint dir or None, checkpoint name, final: bool)
     latest_checkpoint: Callable[[], dict | None]  # load_checkpoint() of the latest reported checkpoint
     wait_committed: Callable[[], None] = lambda: None  # block until every report so far is registered
+    deletes_checkpoints: bool = False  # report(..., final=False) takes the directory over and deletes it after upload
 
 
 def ray_worker() -> Worker:
@@ -94,9 +97,12 @@ def ray_worker() -> Worker:
 
     ctx = ray.train.get_context()
 
-    def report(metrics: dict, checkpoint_dir: str | None, checkpoint_name: str) -> None:
+    def report(metrics: dict, checkpoint_dir: str | None, checkpoint_name: str, final: bool = True) -> None:
+        """A checkpoint uploads in the background unless `final` (the trial's last: synchronously)."""
         checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_name if checkpoint else None)
+        mode = ray.train.CheckpointUploadMode.SYNC if final or not checkpoint else ray.train.CheckpointUploadMode.ASYNC
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_name if checkpoint else None,
+                         checkpoint_upload_mode=mode, delete_local_checkpoint_after_upload=checkpoint is not None)
 
     def wait_committed() -> None:
         ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED,
@@ -114,7 +120,7 @@ def ray_worker() -> Worker:
         prepare_model=ray.train.torch.prepare_model,
         prepare_loader=lambda loader, add_dist_sampler=True: ray.train.torch.prepare_data_loader(
             loader, add_dist_sampler=add_dist_sampler),
-        report=report, latest_checkpoint=latest_checkpoint, wait_committed=wait_committed)
+        report=report, latest_checkpoint=latest_checkpoint, wait_committed=wait_committed, deletes_checkpoints=True)
 
 
 @dataclass
@@ -127,7 +133,7 @@ class LocalRun:
     device: str = "cpu"
 
     def worker(self) -> Worker:
-        def report(metrics: dict, checkpoint_dir: str | None, checkpoint_name: str) -> None:
+        def report(metrics: dict, checkpoint_dir: str | None, checkpoint_name: str, final: bool = True) -> None:
             self.reports.append(dict(metrics))
             if checkpoint_dir:
                 target = self.directory / checkpoint_name
@@ -188,6 +194,7 @@ class TrialRun:
         self.speedup: float | None = None  # computed at the first report, off the path to the first step
         self.first_step_at: float | None = None
         self.report_time_s = 0.0  # time this process spent in earlier reports (checkpoint write + Ray report)
+        self.checkpointed_at = time.monotonic()  # the last checkpoint (or the start): checkpoint_minutes count from it
 
     # -- helpers --
     def start_epoch(self, phase_index: int) -> int | None:
@@ -295,18 +302,25 @@ class TrialRun:
                    "loop_start_at": self.loop_start_at,
                    "first_step_at": self.first_step_at or 0.0, "report_time_s": self.report_time_s,
                    "done": last_epoch and phase_index + 1 == len(self.phases)}
-        due = self.worker.rank == 0 and (last_epoch or (epoch + 1) % self.cfg.checkpoint_every == 0)
+        every = self.cfg.checkpoint_every
+        interval = (epoch + 1) % every == 0 if every else \
+            time.monotonic() - self.checkpointed_at >= self.cfg.checkpoint_minutes * 60
+        due = self.worker.rank == 0 and (last_epoch or interval)
         checkpoint_name = f"checkpoint_p{phase_index}_{name}_e{epoch:04d}"
-        with tempfile.TemporaryDirectory(prefix="objmae-ckpt-") as tmp:
-            directory = Path(tmp) / checkpoint_name
+        tmp = tempfile.mkdtemp(prefix=f"objmae-{checkpoint_name}-")
+        try:
             if due:
                 train_state = {"phase_index": phase_index, "phase": name, "epoch": epoch, "updates": updates,
                                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                "rng": rng_state(), "pretrain_time_s": self.pretrain_time_s,
                                "recon_loss": self.recon_loss, "speedup_measured": self.speedup_measured}
-                save_checkpoint(directory, objmae=self.objmae, classifier=classifier, train_state=train_state,
+                save_checkpoint(tmp, objmae=self.objmae, classifier=classifier, train_state=train_state,
                                 config=self.cfg, metrics=metrics)
-            self.worker.report(metrics, str(directory) if due else None, checkpoint_name)
+                self.checkpointed_at = time.monotonic()
+            self.worker.report(metrics, tmp if due else None, checkpoint_name, final=metrics["done"])
+        finally:
+            if not (due and self.worker.deletes_checkpoints):  # else Ray deletes it once uploaded
+                shutil.rmtree(tmp, ignore_errors=True)
         self.report_time_s += time.perf_counter() - start
 
     # -- phases --
