@@ -162,9 +162,14 @@ class Plan:
             + f" (a vCPU: {VCPU_SHARE:g} x a core's rate)"
 
     def _accumulation_lines(self) -> list[str]:
-        lines = dict.fromkeys(f"memory: {name}: {phase.accum_why}" for name, phases in self.bounds
-                              for phase in phases if phase.accum_why)
-        return list(lines)
+        """One line per distinct accumulation decision, naming the first configuration that needs it."""
+        found: dict[str, list[str]] = {}
+        for name, phases in self.bounds:
+            for phase in phases:
+                if phase.accum_why:
+                    found.setdefault(phase.accum_why, []).append(name)
+        return [f"memory: {why} ({names[0]}" + (f", and {len(names) - 1} more configurations)" if len(names) > 1
+                                                else ")") for why, names in found.items()]
 
     def _storage_line(self, spec: SweepSpec) -> str:
         base = base_trial(spec)
