@@ -228,8 +228,11 @@ class TrialRun:
         path, _, phase = self.phases[phase_index]
         per_worker = phase.batch_size // self.worker.world_size
         generator = torch.Generator()
+        # pinned host batches: the copy to the GPU is asynchronous (non_blocking in the step). Workers are not
+        # persistent: a persistent worker keeps its RNG across epochs, so a resumed run's augmentations would differ
         loader = DataLoader(dataset, batch_size=per_worker, shuffle=True, drop_last=True, generator=generator,
-                            num_workers=phase.data.loader_workers, persistent_workers=False)
+                            num_workers=phase.data.loader_workers, persistent_workers=False,
+                            pin_memory=self.worker.device.type == "cuda")
         loader = self.worker.prepare_loader(loader, add_dist_sampler=True)
         self.check_steps(loader, phase_index, len(dataset))
         return TimedLoader(loader), generator, per_worker * self.worker.world_size
@@ -259,7 +262,8 @@ class TrialRun:
         """This rank's disjoint share of the held-out split (no padding duplicates)."""
         share = Subset(dataset, range(self.worker.rank, len(dataset), self.worker.world_size))
         loader = DataLoader(share, batch_size=max(1, phase.batch_size // self.worker.world_size),
-                            shuffle=False, num_workers=phase.data.loader_workers)
+                            shuffle=False, num_workers=phase.data.loader_workers,
+                            pin_memory=self.worker.device.type == "cuda")
         return self.worker.prepare_loader(loader, add_dist_sampler=False)
 
     def on_step(self, phase: str) -> Callable[[int, int], None]:
