@@ -19,7 +19,8 @@ from pathlib import Path
 
 from objmae_ray.errors import ConfigError
 from objmae_ray.sweep.cluster import capacity_problems, config_node_types, load_cluster_config, trial_fits
-from objmae_ray.sweep.plan import plan
+from objmae_ray.sweep.gpus import default_gpu_type
+from objmae_ray.sweep.plan import Target, plan
 from objmae_ray.sweep.space import base_trial
 from objmae_ray.sweep.spec import load_spec
 
@@ -58,18 +59,21 @@ def _sweep_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_cluster_file(sweep_file: str, spec, cluster_file: str) -> str:
+def _check_cluster_file(sweep_file: str, spec, cluster_file: str) -> tuple[str, Target | None]:
     """The trials' workers against a cluster YAML's node types x max_workers, offline; ConfigError naming
-    the sweep field and the largest node type. Returns the line `objmae-sweep validate` prints."""
+    the sweep field and the largest node type. Returns the line `objmae-sweep validate` prints and where the
+    plan places a trial (the first fitting node type with a known GPU, sweep/gpus.py), if any."""
     config = load_cluster_config(cluster_file)
     types = config_node_types(config)
     if not types:
-        return f"{cluster_file}: node resources are read off the machines (local provider): capacity not checked"
+        return f"{cluster_file}: node resources are read off the machines (local provider): capacity not checked", None
     resources = base_trial(spec).resources
     problems = capacity_problems(resources, types, field=f"{sweep_file}: base.resources")
     if problems:
         raise ConfigError(f"{problems[0]} (node types of {cluster_file})")
-    return f"{cluster_file}: a trial's workers fit {', '.join(trial_fits(resources, config))}"
+    fits = trial_fits(resources, config)
+    found = default_gpu_type(config, fits) if resources.use_gpu else None
+    return f"{cluster_file}: a trial's workers fit {', '.join(fits)}", Target(*found) if found else None
 
 
 def _print_problems(err: Exception) -> int:
@@ -120,9 +124,9 @@ def sweep_main(argv: list[str] | None = None) -> int:
     args.overrides += _tracking_overrides(args)
     try:
         spec = load_spec(args.file, args.overrides)
-        cluster_line = _check_cluster_file(args.file, spec, args.cluster) if args.cluster else None
+        cluster_line, target = _check_cluster_file(args.file, spec, args.cluster) if args.cluster else (None, None)
         if validate_only:
-            print("\n".join(plan(spec).lines(spec) + ([cluster_line] if cluster_line else [])))
+            print("\n".join(plan(spec, target).lines(spec) + ([cluster_line] if cluster_line else [])))
             print(f"{args.file}: OK")
             return 0
         from objmae_ray.sweep.tuner import run_sweep, unfinished_trials  # Ray: only when a sweep runs

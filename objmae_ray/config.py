@@ -89,6 +89,9 @@ class PhaseOptim(_Strict):
     min_lr: float = Field(1e-5, ge=0.0)
     weight_decay: float = Field(0.05, ge=0.0)
     optimizer: str = "lookahead_adamw"
+    # micro-batches per optimiser update (gradient accumulation, same effective batch); None: the fewest whose
+    # estimated peak fits the GPU (objmae_ray/method/memory.py; 1 on a CPU), printed by the plan and the trial
+    accum_steps: Optional[int] = Field(None, gt=0)
 
 
 class PretrainConfig(PhaseOptim):
@@ -168,7 +171,8 @@ class TrialConfig(_Strict):
     pretrain: PretrainConfig = PretrainConfig()
     transfer: list[TransferConfig] = Field(default_factory=lambda: [TransferConfig()])
     resources: ResourcesConfig = ResourcesConfig()
-    checkpoint_every: int = Field(1, gt=0)  # epochs between checkpoints
+    checkpoint_every: Optional[int] = Field(None, gt=0)  # epochs between checkpoints; None: by wall time
+    checkpoint_minutes: float = Field(15.0, gt=0)  # without checkpoint_every: a checkpoint once this much time passed
     max_failures: int = Field(1, ge=0)  # Ray Train FailureConfig: worker-group restarts from the latest checkpoint
 
     def transfer_layer_decay(self, index: int) -> float:
@@ -386,7 +390,8 @@ class BudgetSpec(_Strict):
 class EstimateSpec(_Strict):
     """Assumptions of the GPU-hours estimate printed by `objmae-sweep validate` (see objmae_ray/sweep/plan.py)."""
 
-    gpu_tflops: float = Field(25.0, gt=0)  # sustained FLOP/s of one GPU, in TFLOP/s
+    gpu_tflops: Optional[float] = Field(None, gt=0)  # sustained TFLOP/s of one GPU; default: the GPU's (sweep/gpus.py), else 25
+    gpu: Optional[str] = None  # the GPU planned without --cluster (a key of sweep/gpus.py GPUS: A10G, L4, A100-40GB, H100, ...)
     images_per_core: Optional[float] = Field(None, gt=0)  # loading rate per CPU core; default by data path (sweep/plan.py)
     pretrain_images: Optional[int] = Field(None, gt=0)  # default: by dataset kind (sweep/plan.py DATASET_IMAGES)
     transfer_images: Optional[int] = Field(None, gt=0)

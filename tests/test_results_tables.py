@@ -182,6 +182,8 @@ def test_other_dimensions_get_the_generic_ablation_table(tmp_path):
 def test_repository_search_spaces_pick_their_paper_tables(monkeypatch, tmp_path):
     for var in ("OBJMAE_COCO_ROOT", "OBJMAE_IN100_ROOT", "OBJMAE_CIFAR_ROOT", "OBJMAE_IN100_CAM"):
         monkeypatch.setenv(var, str(tmp_path))
+    for var in ("OBJMAE_COCO_STORE", "OBJMAE_IN100_STORE", "OBJMAE_IN100_CAM_STORE", "OBJMAE_CIFAR_STORE"):
+        monkeypatch.setenv(var, str(tmp_path / "stores-on-the-workers"))
     picked = {f.stem: paper_table(load_spec(f)).number for f in sorted((REPO / "search_spaces").glob("*.yaml"))}
     assert picked == {"alpha": "9", "alpha_cam": "4", "joint": "ablation", "padding": "8", "patch_size": "7",
                       "sanity": "5", "selection": "6", "smoke": "ablation", "transfer": "5"}

@@ -182,7 +182,8 @@ def test_validate_with_cluster_refuses_offline_what_no_node_type_can_host(monkey
     """`objmae-sweep validate FILE --cluster cluster/gpu.yaml`: one line naming the study's field and the node type."""
     from objmae_ray.cli import sweep_main
 
-    for key, value in {"OBJMAE_COCO_ROOT": "/data/coco", "OBJMAE_IN100_ROOT": "/data/imagenet100"}.items():
+    for key, value in {"OBJMAE_COCO_ROOT": "/data/coco", "OBJMAE_IN100_ROOT": "/data/imagenet100",
+                       "OBJMAE_COCO_STORE": "/data/stores/coco", "OBJMAE_IN100_STORE": "/data/stores/in100"}.items():
         monkeypatch.setenv(key, value)
     alpha, gpu = str(SPACES / "alpha.yaml"), str(CLUSTER / "gpu.yaml")
     assert sweep_main(["validate", alpha, "--cluster", gpu]) == 0

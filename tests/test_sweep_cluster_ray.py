@@ -31,7 +31,9 @@ SPACES = sorted((REPO / "search_spaces").glob("*.yaml"))
 GPU_YAML = REPO / "cluster" / "gpu.yaml"
 # Data paths the paper's spaces read from ${VAR}s; validation needs values, not existing directories.
 DUMMY_ENV = {"OBJMAE_COCO_ROOT": "/data/coco", "OBJMAE_IN100_ROOT": "/data/imagenet100",
-             "OBJMAE_IN100_CAM": "/data/imagenet100/cam.safetensors", "OBJMAE_CIFAR_ROOT": "/data/cifar100"}
+             "OBJMAE_IN100_CAM": "/data/imagenet100/cam.safetensors", "OBJMAE_CIFAR_ROOT": "/data/cifar100",
+             "OBJMAE_COCO_STORE": "/data/stores/coco", "OBJMAE_IN100_STORE": "/data/stores/in100",
+             "OBJMAE_IN100_CAM_STORE": "/data/stores/in100-cam", "OBJMAE_CIFAR_STORE": "/data/stores/cifar100"}
 CPU_SPACES = {"smoke.yaml", "sanity.yaml"}  # CPU-only spaces: checked against a 2-core laptop instead of the GPU cluster
 LAPTOP_CPUS = 2
 

@@ -21,7 +21,8 @@ from objmae_ray.method.flops import objmae_flops, supervised_flops
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = sorted((REPO / "search_spaces").glob("*.yaml"))
-DATA_ENV = ("OBJMAE_COCO_ROOT", "OBJMAE_IN100_ROOT", "OBJMAE_IN100_CAM", "OBJMAE_CIFAR_ROOT")
+DATA_ENV = ("OBJMAE_COCO_ROOT", "OBJMAE_IN100_ROOT", "OBJMAE_IN100_CAM", "OBJMAE_CIFAR_ROOT", "OBJMAE_COCO_STORE",
+            "OBJMAE_IN100_STORE", "OBJMAE_IN100_CAM_STORE", "OBJMAE_CIFAR_STORE")
 
 SMOKE_LIKE = """\
 study: t
@@ -94,8 +95,10 @@ def test_paper_files_use_the_paper_settings(data_env):
         assert base.pretrain.epochs == (300 if path.stem == "padding" else 800), path
         finetune = base.transfer[0]
         assert (finetune.mode, finetune.epochs, finetune.batch_size, finetune.lr) == ("finetune", 100, 256, 1e-3)
-        roots = [base.pretrain.data.root] + [t.data.root for t in base.transfer]
-        assert all(root in {os.environ[name] for name in DATA_ENV} for root in roots), "roots come from ${VAR}"
+        stores = [base.pretrain.data.store] + [t.data.store for t in base.transfer]  # packed data (issue 21)
+        assert all(store in {os.environ[name] for name in DATA_ENV if name.endswith("_STORE")} for store in stores), \
+            "every phase reads a packed store from ${VAR}"
+        assert all(d.root is None for d in [base.pretrain.data] + [t.data for t in base.transfer]), path
 
 
 def test_smoke_is_small_and_on_cpu():

@@ -18,7 +18,7 @@ from torch import nn
 
 from objmae_ray.config import ModelConfig, TransferConfig
 from objmae_ray.method.model import create_objmae
-from objmae_ray.train import finetune
+from objmae_ray.train import finetune, pretrain
 from objmae_ray.train.finetune import (ClassificationLoss, build_classifier, evaluate, train_classifier_epoch,
                                        trainable_module)
 from objmae_ray.train.pretrain import NonFiniteLossError
@@ -79,7 +79,8 @@ def reduce_devices(monkeypatch) -> list:
         return real(*values, device=device)
 
     real = finetune.all_reduce_sums
-    monkeypatch.setattr(finetune, "all_reduce_sums", all_reduce_sums)
+    monkeypatch.setattr(finetune, "all_reduce_sums", all_reduce_sums)  # evaluate
+    monkeypatch.setattr(pretrain, "all_reduce_sums", all_reduce_sums)  # EpochLoss.reduce (training epochs)
     return devices
 
 

@@ -21,10 +21,11 @@ def noise_folder(root: Path, classes: tuple[str, ...], sizes: list[tuple[int, in
 
 
 def tiny_config(root: str, num_images: int = 32, **overrides) -> TrialConfig:
-    """micro ViT on 32 px synthetic scenes: 2 pre-train epochs, 1 fine-tune, 1 linear probe, 4 steps each."""
+    """micro ViT on 32 px synthetic scenes: 2 pre-train epochs, 1 fine-tune, 1 linear probe, 4 steps each;
+    a checkpoint every epoch (the default is by wall time)."""
     data = {"kind": "synthetic", "root": root, "num_images": num_images, "loader_workers": 0}
     body = {
-        "name": "tiny", "seed": 3,
+        "name": "tiny", "seed": 3, "checkpoint_every": 1,  # per-epoch checkpoints: the resume tests need them
         "model": {"preset": "micro", "img_size": 32, "patch_size": 8},
         "masking": {"alpha": 0.25, "selection": "object", "padding": "zero"},
         "pretrain": {"epochs": 2, "warmup_epochs": 1, "batch_size": 8, "lr": 1e-2, "data": data},

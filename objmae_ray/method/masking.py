@@ -20,7 +20,10 @@ Pipeline for a batch of B images with N patches each (patch index n is row-major
    objects go to neither side, so source and target never share an object's patch).
 3. **Alignment** brings both sides to one length L = ``target_length(alpha, N)`` (both sequences
    have ``alpha*H*W`` patches). Regions longer than L are cut at random in every mode. Shorter ones:
-   - ``throwout``: L is lowered to the shortest side in the batch, so nothing is padded;
+   - ``throwout``: L is lowered to the shortest side in the batch, so nothing is padded. Reading that length
+     is a host sync; with ``fixed_length=True`` (the train step) the sequences keep L slots and
+     ``Masks.keep`` marks the first ``shortest`` of them: the model leaves the others out of attention and
+     loss (ObjMAE.forward ``keep``), which gives the same outputs and loss as the cut sequences;
    - ``zero``: padded slots are invalid (``valid=False``): the model zeroes them, no loss. Their
      index repeats one of the side's own patches, so even an index-only consumer gains no information;
    - ``replicate``: the side's own patches are repeated cyclically (all region patches once, then again);
@@ -61,6 +64,7 @@ class Masks:
     fallback: torch.BoolTensor  # [B] image used whole-image ("mae") selection instead
     src_real: torch.LongTensor | None = None  # [B] leading source slots holding a source-region patch (rest: padding)
     tgt_real: torch.LongTensor | None = None  # [B] leading target slots holding a target-region patch
+    keep: torch.BoolTensor | None = None  # [B, L] throwout at fixed length only: slots inside the cut length
 
     def stats(self) -> dict[str, float]:
         """Batch summary for logging: share of fallback images and of zero-padded slots."""
@@ -77,11 +81,13 @@ class Masks:
         beyond the region, whatever the padding mode put there / 2L; `alpha_effective` L / N (throwout
         lowers L)."""
         batch, length = self.src_idx.shape
+        if self.keep is not None:  # throwout at fixed length: L is the number of kept slots (a [B, 1] tensor)
+            length = self.keep.sum(1).float()
         seen = torch.zeros(batch, num_patches, dtype=torch.bool, device=self.src_idx.device)
         seen.scatter_(1, torch.where(self.src_valid, self.src_idx, self.src_idx[:, :1]), True)
         per_image = torch.stack([seen.sum(1) / num_patches, self.tgt_real / length,
                                  (2 * length - self.src_real - self.tgt_real) / (2 * length),
-                                 torch.full_like(self.tgt_real, length, dtype=torch.float) / num_patches])
+                                 torch.zeros_like(self.tgt_real, dtype=torch.float) + length / num_patches])
         return per_image.float().sum(1)
 
 
@@ -200,13 +206,20 @@ def divide(region: torch.Tensor, generator: torch.Generator | None) -> tuple[tor
 # ----------------------------------------------------------------------------- alignment
 
 
-def alignment_length(src_region: torch.Tensor, tgt_region: torch.Tensor, alpha: float, padding: str) -> int:
-    """L: target_length(alpha, N); for throwout the shortest side in the batch, capped at that."""
+def alignment_length(src_region: torch.Tensor, tgt_region: torch.Tensor, alpha: float, padding: str,
+                     fixed_length: bool = False) -> tuple[int, torch.Tensor | None]:
+    """(L, kept): L = target_length(alpha, N); for throwout the shortest side in the batch, capped at that.
+
+    `fixed_length` (throwout only): L stays target_length and `kept` is the cut length as a [] tensor on the
+    device (no host sync); otherwise `kept` is None.
+    """
     length = target_length(alpha, src_region.shape[1])
-    if padding == "throwout":
-        shortest = torch.minimum(src_region.sum(1), tgt_region.sum(1)).min()
-        length = min(length, int(shortest))
-    return length
+    if padding != "throwout":
+        return length, None
+    shortest = torch.minimum(src_region.sum(1), tgt_region.sum(1)).min().clamp(max=length)
+    if fixed_length:
+        return length, shortest
+    return int(shortest), None
 
 
 def align(
@@ -250,6 +263,7 @@ def sample_masks(
     cam_select: str = "topk",
     generator: torch.Generator | None = None,
     device=None,
+    fixed_length: bool = False,
 ) -> Masks:
     """Source/target patch indices for a batch (selection -> division -> alignment).
 
@@ -258,7 +272,8 @@ def sample_masks(
     saliency: [B, N] normalised CAM in 0..1 ("cam", regions by `cam_select`). Inputs the selection does
     not use are ignored.
     device: default the inputs' device, else the generator's. Returns Masks with [B, L] tensors,
-    L = target_length(alpha, N) (throwout: the batch's shortest side, <= that).
+    L = target_length(alpha, N) (throwout: the batch's shortest side, <= that; with `fixed_length` L stays
+    target_length and `keep` [B, L] marks the slots before the cut, so no value is read on the host).
     """
     _check_args(batch_size, num_patches, alpha, selection, padding, object_patches, object_ratio, saliency)
     device = _device(device, object_patches, saliency, generator)
@@ -270,14 +285,19 @@ def sample_masks(
     src_region, tgt_region, selected, fallback = select_and_divide(
         selection, batch_size, num_patches, object_patches, object_ratio, saliency, min_ratio, generator, device,
     )
-    length = alignment_length(src_region, tgt_region, alpha, padding)
+    length, kept = alignment_length(src_region, tgt_region, alpha, padding, fixed_length)
     pool = ~selected  # random padding only: patches outside every selected region
     src_idx, src_valid = align(src_region, length, padding, pool, generator)
     if padding == "random":
         pool = pool & ~torch.zeros_like(pool).scatter_(1, src_idx, True)  # keep source and target disjoint
     tgt_idx, tgt_valid = align(tgt_region, length, padding, pool, generator)
-    return Masks(src_idx, tgt_idx, src_valid, tgt_valid, fallback,
-                 src_region.sum(1).clamp(max=length), tgt_region.sum(1).clamp(max=length))
+    src_real, tgt_real = src_region.sum(1).clamp(max=length), tgt_region.sum(1).clamp(max=length)
+    keep = None
+    if kept is not None:  # throwout at fixed length: slots from the cut on are left out (valid False too)
+        keep = torch.arange(length, device=src_idx.device).expand_as(src_idx) < kept
+        src_valid, tgt_valid = keep, keep
+        src_real, tgt_real = torch.minimum(src_real, kept), torch.minimum(tgt_real, kept)
+    return Masks(src_idx, tgt_idx, src_valid, tgt_valid, fallback, src_real, tgt_real, keep)
 
 
 def select_and_divide(

@@ -16,6 +16,8 @@ one mask token per target slot carrying the decoder position embedding of its ta
 (none for padded target slots). The last L' decoder outputs are the predictions, already in
 tgt_idx order: no unshuffle (paper 3.4).
 Loss: MSE per target patch (mean over its pixels), averaged over valid target slots only.
+`keep` [B, L] (throwout at a fixed length, method/masking.py): slots outside it are left out of attention as
+keys in the encoder and the decoder, so every kept token's output equals that of the cut sequence.
 
 Encoder parameter names equal timm's VisionTransformer (`cls_token`, `pos_embed` [1, N+1, D],
 `patch_embed.proj.*`, `blocks.i.*`, `norm.*`), so `encoder_state_dict()` loads into
@@ -162,21 +164,36 @@ class ObjMAE(nn.Module):
         w = self.patch_embed.proj.weight  # [D, 3, p, p]
         return F.linear(patches, w.permute(0, 2, 3, 1).flatten(1), self.patch_embed.proj.bias)
 
-    def forward_encoder(self, imgs: Tensor, src_idx: Tensor, src_valid: Tensor | None = None) -> Tensor:
-        """imgs: [B, 3, H, W], src_idx / src_valid: [B, L] -> latent [B, 1 + L, D] (cls first, final norm applied)."""
+    @staticmethod
+    def _run(blocks: nn.Sequential, x: Tensor, attend: Tensor | None) -> Tensor:
+        """x [B, T, D] through `blocks`; attend [B, T] bool: the tokens others may attend to (None: all)."""
+        if attend is None:
+            return blocks(x)
+        mask = attend[:, None, None, :]  # [B, 1, 1, T]: SDPA's boolean key mask
+        for block in blocks:
+            x = block(x, attn_mask=mask)
+        return x
+
+    def forward_encoder(self, imgs: Tensor, src_idx: Tensor, src_valid: Tensor | None = None,
+                        keep: Tensor | None = None) -> Tensor:
+        """imgs: [B, 3, H, W], src_idx / src_valid / keep: [B, L] -> latent [B, 1 + L, D] (cls first, final norm
+        applied)."""
         patches = _gather(self.patchify(imgs), src_idx)  # [B, L, p*p*3]
         pos = self.pos_embed[0, 1:][src_idx]  # [B, L, D]
         if src_valid is not None:  # zero padding: no pixels, no position
-            keep = src_valid.unsqueeze(-1).to(patches.dtype)
-            patches, pos = patches * keep, pos * keep.to(pos.dtype)
+            weight = src_valid.unsqueeze(-1).to(patches.dtype)
+            patches, pos = patches * weight, pos * weight.to(pos.dtype)
         x = self.embed_patches(patches) + pos
         cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
-        x = self.blocks(torch.cat([cls, x], dim=1))
+        attend = None if keep is None else torch.cat([keep.new_ones(keep.shape[0], 1), keep], dim=1)
+        x = self._run(self.blocks, torch.cat([cls, x], dim=1), attend)
         return self.norm(x)
 
     def forward_decoder(self, latent: Tensor, src_idx: Tensor, tgt_idx: Tensor,
-                        src_valid: Tensor | None = None, tgt_valid: Tensor | None = None) -> Tensor:
-        """latent: [B, 1 + L, D], src_idx [B, L], tgt_idx [B, L'] -> pred [B, L', p*p*3] in tgt_idx order."""
+                        src_valid: Tensor | None = None, tgt_valid: Tensor | None = None,
+                        keep: Tensor | None = None) -> Tensor:
+        """latent: [B, 1 + L, D], src_idx [B, L], tgt_idx [B, L'] -> pred [B, L', p*p*3] in tgt_idx order
+        (keep [B, L]: L' = L, slots outside it attend but are not attended to)."""
         x = self.decoder_embed(latent)  # [B, 1 + L, Dd]
         pos_table = self.decoder_pos_embed[0, 1:]  # [N, Dd]
         src_pos, tgt_pos = pos_table[src_idx], pos_table[tgt_idx]
@@ -187,7 +204,8 @@ class ObjMAE(nn.Module):
         cls = x[:, :1] + self.decoder_pos_embed[:, :1]
         src = x[:, 1:] + src_pos
         tgt = self.mask_token.to(x.dtype) + tgt_pos  # [B, L', Dd]
-        x = self.decoder_blocks(torch.cat([cls, src, tgt], dim=1))
+        attend = None if keep is None else torch.cat([keep.new_ones(keep.shape[0], 1), keep, keep], dim=1)
+        x = self._run(self.decoder_blocks, torch.cat([cls, src, tgt], dim=1), attend)
         x = self.decoder_norm(x[:, -tgt_idx.shape[1]:])
         return self.decoder_pred(x)
 
@@ -205,10 +223,12 @@ class ObjMAE(nn.Module):
         return (loss * weight).sum() / weight.sum().clamp(min=1.0)
 
     def forward(self, imgs: Tensor, src_idx: Tensor, tgt_idx: Tensor,
-                src_valid: Tensor | None = None, tgt_valid: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """imgs [B, 3, H, W], src_idx/src_valid [B, L], tgt_idx/tgt_valid [B, L'] -> (loss [], pred [B, L', p*p*3])."""
-        latent = self.forward_encoder(imgs, src_idx, src_valid)
-        pred = self.forward_decoder(latent, src_idx, tgt_idx, src_valid, tgt_valid)
+                src_valid: Tensor | None = None, tgt_valid: Tensor | None = None,
+                keep: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """imgs [B, 3, H, W], src_idx/src_valid [B, L], tgt_idx/tgt_valid [B, L'], keep [B, L] (throwout at a fixed
+        length, with src_valid = tgt_valid = keep) -> (loss [], pred [B, L', p*p*3])."""
+        latent = self.forward_encoder(imgs, src_idx, src_valid, keep)
+        pred = self.forward_decoder(latent, src_idx, tgt_idx, src_valid, tgt_valid, keep)
         return self.forward_loss(imgs, pred, tgt_idx, tgt_valid), pred
 
     def encoder_state_dict(self) -> dict[str, Tensor]:

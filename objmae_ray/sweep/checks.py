@@ -2,7 +2,8 @@
 (refused with several objectives: it prunes on one metric), storage, objectives (one naming no phase in a
 study with several transfer phases), the rows' `paper` annotations (on every row or none, one number per
 transfer phase, masking.alpha as the annotation's α reading maps it), and every rule of
-objmae_ray/train/rules.py on the trials the space can produce.
+objmae_ray/train/rules.py on the trials the space can produce, and what their
+phases need of the packed stores present on this machine (objmae_ray/data/store_check.py).
 
 `spec_problems(spec, where)` returns one line per problem; `where(loc)` turns a location in the file
 (('search_space', 'alpha'), ('base', 'pretrain', 'data', 'root')) into "FILE:LINE: dotted.path".
@@ -20,6 +21,7 @@ from typing import Any, Callable
 
 from objmae_ray.config import (PHASE_METRICS, FixedParam, RangeParam, SweepSpec, TrialConfig, TrialConfigError,
                                trial_from_dict)
+from objmae_ray.data.store_check import store_problems
 from objmae_ray.method.masking import target_length
 from objmae_ray.sweep.space import (ALPHA, achievable_alphas, asha_milestones, candidates, configuration_rows,
                                     effective_key, get_path, grid_values, num_patches, resolve_path)
@@ -293,7 +295,7 @@ def _trial_problems(spec: SweepSpec, cases: list[Case], where: Where) -> list[st
     for case in cases:
         try:
             cfg = trial_from_dict(spec.base.model_dump(), case.values)
-            problems = [tuple(line.split(": ", 1)) for line in trial_problems(cfg)]
+            problems = [tuple(line.split(": ", 1)) for line in trial_problems(cfg) + store_problems(cfg)]
         except TrialConfigError as err:
             problems = err.errors
         for problem in problems:

@@ -24,7 +24,8 @@ from torch import Tensor, nn
 
 from objmae_ray.config import ModelConfig, TransferConfig
 from objmae_ray.method.model import create_vit_classifier
-from objmae_ray.train.pretrain import EpochStats, StepHook, all_reduce_sums, autocast, check_finite
+from objmae_ray.train.pretrain import (EpochLoss, EpochStats, StepHook, all_reduce_sums, autocast, micro_batches,
+                                      sync_unless_last)
 
 def build_classifier(model_cfg: ModelConfig, transfer: TransferConfig, *, num_classes: int,
                      encoder_state: dict[str, Tensor] | None) -> nn.Module:
@@ -79,30 +80,39 @@ class ClassificationLoss:
 
 def train_classifier_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, scheduler, *,
                            phase: str, epoch: int, first_update: int, device: torch.device,
-                           loss_fn: ClassificationLoss | None = None, on_step: StepHook | None = None) -> EpochStats:
+                           loss_fn: ClassificationLoss | None = None, on_step: StepHook | None = None,
+                           accum_steps: int = 1) -> EpochStats:
     """One pass of training over `loader` of (images [B, 3, H, W], labels [B]); `loss_fn` default: plain
-    cross-entropy."""
+    cross-entropy. `accum_steps` > 1: the (mixed) batch runs as that many micro-batches, each loss weighted by
+    its share of the images, one update per batch: the full batch's update, except that drop path draws
+    per micro-batch and a linear probe's BatchNorm sees micro-batch statistics."""
     loss_fn = loss_fn or ClassificationLoss()
     model.train()
     start = time.perf_counter()
-    loss_sum, images, steps = 0.0, 0, 0
+    losses, images, steps = EpochLoss(device), 0, 0
     for step, (imgs, labels) in enumerate(loader):
         if on_step is not None:
             on_step(epoch, step)
         scheduler.step_update(first_update + step)
         imgs, labels = imgs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         imgs, targets = loss_fn.mix(imgs, labels)
-        with autocast(device):
-            logits = model(imgs)  # [B, num_classes]
-        loss = loss_fn(logits, targets)
-        value = check_finite(loss, phase=phase, epoch=epoch, step=step)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        parts = micro_batches(imgs.shape[0], accum_steps)
+        loss = 0.0
+        for index, part in enumerate(parts):
+            with sync_unless_last(model, index, len(parts)):
+                with autocast(device):
+                    logits = model(imgs[part])  # [b, num_classes]
+                part_loss = loss_fn(logits, targets[part])
+                if len(parts) > 1:
+                    part_loss = part_loss * ((part.stop - part.start) / imgs.shape[0])
+                part_loss.backward()
+            loss = loss + part_loss.detach()
+        losses.add(loss, imgs.shape[0], step)
         optimizer.step()
-        loss_sum += value * imgs.shape[0]
         images += imgs.shape[0]
         steps += 1
-    loss_sum, images = all_reduce_sums(loss_sum, images, device=device)
+    loss_sum, images = losses.reduce(phase=phase, epoch=epoch, images=images)
     return EpochStats(loss=loss_sum / max(images, 1), images=int(images), steps=steps,
                       seconds=time.perf_counter() - start)
 

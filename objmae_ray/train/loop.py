@@ -21,11 +21,14 @@ the train loop / made its first optimiser step), transfer<i>_<metric> (phase_key
 top1 / top5 / val_loss / train_loss, 0.0 until that phase reports, so the last report holds each phase's
 final value: what an objective naming `phase: i` optimises), report_time_s (seconds this worker process spent in
 earlier reports: checkpoint write + upload + Ray's report), done (True on the last report).
-A checkpoint (checkpoint.py layout) goes with every report when checkpoint_every = 1, else every
-`checkpoint_every` epochs and at the end of every phase.
+A checkpoint (checkpoint.py layout) goes with the first report after `checkpoint_minutes` (default 15) of
+wall time since the last one, or every `checkpoint_every` epochs when that is set, and with the last report
+of every phase. On Ray it uploads in the background (CheckpointUploadMode.ASYNC; the trial's last one
+synchronously) from a directory Ray deletes once uploaded.
 
 Devices: DDP and the distributed sampler come from ray.train.torch.prepare_model / prepare_data_loader;
-on GPU the forward passes run under bf16 autocast (losses in fp32), on CPU in fp32. A phase whose
+on GPU the forward passes run under bf16 autocast (losses in fp32), on CPU in fp32. A phase whose estimated
+peak memory exceeds the GPU's runs with gradient accumulation (PhaseOptim.accum_steps, method/memory.py). A phase whose
 `data.store` is set reads the packed store and augments on the device (objmae_ray/data/loader.py).
 
 Reproducibility: model init from torch.manual_seed(seed); every epoch re-seeds torch / random / numpy,
@@ -62,6 +65,7 @@ from objmae_ray.data import (TimedLoader, build_classification_dataset, build_pa
                              low_label_positions)
 from objmae_ray.errors import ConfigError
 from objmae_ray.method.flops import speedup_estimate
+from objmae_ray.method.memory import planned_accumulation
 from objmae_ray.method.model import objmae_from_config
 from objmae_ray.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from objmae_ray.train.finetune import (ClassificationLoss, build_classifier, evaluate, train_classifier_epoch,
@@ -82,9 +86,10 @@ class Worker:
     device: torch.device
     prepare_model: Callable[[nn.Module], nn.Module]
     prepare_loader: Callable[..., Any]  # (loader, add_dist_sampler: bool) -> iterable of batches on device
-    report: Callable[[dict, str | None, str], None]  # (metrics, checkpoint dir or None, checkpoint name)
+    report: Callable[..., None]  # (metrics, checkpoint dir or None, checkpoint name, final: bool)
     latest_checkpoint: Callable[[], dict | None]  # load_checkpoint() of the latest reported checkpoint
     wait_committed: Callable[[], None] = lambda: None  # block until every report so far is registered
+    deletes_checkpoints: bool = False  # report(..., final=False) takes the directory over and deletes it after upload
 
 
 def ray_worker() -> Worker:
@@ -94,9 +99,12 @@ def ray_worker() -> Worker:
 
     ctx = ray.train.get_context()
 
-    def report(metrics: dict, checkpoint_dir: str | None, checkpoint_name: str) -> None:
+    def report(metrics: dict, checkpoint_dir: str | None, checkpoint_name: str, final: bool = True) -> None:
+        """A checkpoint uploads in the background unless `final` (the trial's last: synchronously)."""
         checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_name if checkpoint else None)
+        mode = ray.train.CheckpointUploadMode.SYNC if final or not checkpoint else ray.train.CheckpointUploadMode.ASYNC
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=checkpoint_name if checkpoint else None,
+                         checkpoint_upload_mode=mode, delete_local_checkpoint_after_upload=checkpoint is not None)
 
     def wait_committed() -> None:
         ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED,
@@ -114,7 +122,7 @@ def ray_worker() -> Worker:
         prepare_model=ray.train.torch.prepare_model,
         prepare_loader=lambda loader, add_dist_sampler=True: ray.train.torch.prepare_data_loader(
             loader, add_dist_sampler=add_dist_sampler),
-        report=report, latest_checkpoint=latest_checkpoint, wait_committed=wait_committed)
+        report=report, latest_checkpoint=latest_checkpoint, wait_committed=wait_committed, deletes_checkpoints=True)
 
 
 @dataclass
@@ -127,7 +135,7 @@ class LocalRun:
     device: str = "cpu"
 
     def worker(self) -> Worker:
-        def report(metrics: dict, checkpoint_dir: str | None, checkpoint_name: str) -> None:
+        def report(metrics: dict, checkpoint_dir: str | None, checkpoint_name: str, final: bool = True) -> None:
             self.reports.append(dict(metrics))
             if checkpoint_dir:
                 target = self.directory / checkpoint_name
@@ -193,6 +201,7 @@ class TrialRun:
         self.speedup: float | None = None  # computed at the first report, off the path to the first step
         self.first_step_at: float | None = None
         self.report_time_s = 0.0  # time this process spent in earlier reports (checkpoint write + Ray report)
+        self.checkpointed_at = time.monotonic()  # the last checkpoint (or the start): checkpoint_minutes count from it
 
     # -- helpers --
     def start_epoch(self, phase_index: int) -> int | None:
@@ -226,8 +235,11 @@ class TrialRun:
         path, _, phase = self.phases[phase_index]
         per_worker = phase.batch_size // self.worker.world_size
         generator = torch.Generator()
+        # pinned host batches: the copy to the GPU is asynchronous (non_blocking in the step). Workers are not
+        # persistent: a persistent worker keeps its RNG across epochs, so a resumed run's augmentations would differ
         loader = DataLoader(dataset, batch_size=per_worker, shuffle=True, drop_last=True, generator=generator,
-                            num_workers=phase.data.loader_workers, persistent_workers=False)
+                            num_workers=phase.data.loader_workers, persistent_workers=False,
+                            pin_memory=self.worker.device.type == "cuda")
         loader = self.worker.prepare_loader(loader, add_dist_sampler=True)
         self.check_steps(loader, phase_index, len(dataset))
         return TimedLoader(loader), generator, per_worker * self.worker.world_size
@@ -257,7 +269,8 @@ class TrialRun:
         """This rank's disjoint share of the held-out split (no padding duplicates)."""
         share = Subset(dataset, range(self.worker.rank, len(dataset), self.worker.world_size))
         loader = DataLoader(share, batch_size=max(1, phase.batch_size // self.worker.world_size),
-                            shuffle=False, num_workers=phase.data.loader_workers)
+                            shuffle=False, num_workers=phase.data.loader_workers,
+                            pin_memory=self.worker.device.type == "cuda")
         return self.worker.prepare_loader(loader, add_dist_sampler=False)
 
     def on_step(self, phase: str) -> Callable[[int, int], None]:
@@ -302,19 +315,26 @@ class TrialRun:
                    "loop_start_at": self.loop_start_at,
                    "first_step_at": self.first_step_at or 0.0, "report_time_s": self.report_time_s,
                    "done": last_epoch and phase_index + 1 == len(self.phases)}
-        due = self.worker.rank == 0 and (last_epoch or (epoch + 1) % self.cfg.checkpoint_every == 0)
+        every = self.cfg.checkpoint_every
+        interval = (epoch + 1) % every == 0 if every else \
+            time.monotonic() - self.checkpointed_at >= self.cfg.checkpoint_minutes * 60
+        due = self.worker.rank == 0 and (last_epoch or interval)
         checkpoint_name = f"checkpoint_p{phase_index}_{name}_e{epoch:04d}"
-        with tempfile.TemporaryDirectory(prefix="objmae-ckpt-") as tmp:
-            directory = Path(tmp) / checkpoint_name
+        tmp = tempfile.mkdtemp(prefix=f"objmae-{checkpoint_name}-")
+        try:
             if due:
                 train_state = {"phase_index": phase_index, "phase": name, "epoch": epoch, "updates": updates,
                                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                "rng": rng_state(), "pretrain_time_s": self.pretrain_time_s,
                                "recon_loss": self.recon_loss, "speedup_measured": self.speedup_measured,
                                "phase_values": dict(self.phase_values)}
-                save_checkpoint(directory, objmae=self.objmae, classifier=classifier, train_state=train_state,
+                save_checkpoint(tmp, objmae=self.objmae, classifier=classifier, train_state=train_state,
                                 config=self.cfg, metrics=metrics)
-            self.worker.report(metrics, str(directory) if due else None, checkpoint_name)
+                self.checkpointed_at = time.monotonic()
+            self.worker.report(metrics, tmp if due else None, checkpoint_name, final=metrics["done"])
+        finally:
+            if not (due and self.worker.deletes_checkpoints):  # else Ray deletes it once uploaded
+                shutil.rmtree(tmp, ignore_errors=True)
         self.report_time_s += time.perf_counter() - start
 
     # -- phases --
@@ -344,6 +364,20 @@ class TrialRun:
                                                     device=self.worker.device, cache_dir=self.speed_cache)
         return self.baseline_s / step_s
 
+    def accum_steps(self, phase_index: int, per_worker: int) -> int:
+        """The phase's accum_steps, or on a GPU the fewest micro-batches whose estimated peak memory fits it
+        (objmae_ray/method/memory.py; printed once by rank 0)."""
+        _, name, phase = self.phases[phase_index]
+        device = self.worker.device
+        if phase.accum_steps or device.type != "cuda":
+            return phase.accum_steps or 1
+        steps, why = planned_accumulation(self.cfg.model, name, batch=per_worker, alpha=self.cfg.masking.alpha,
+                                          optimizer=phase.optimizer,
+                                          capacity_bytes=torch.cuda.get_device_properties(device).total_memory)
+        if why and self.worker.rank == 0:
+            print(f"{self.cfg.name}: {why} on {torch.cuda.get_device_name(device)}", flush=True)
+        return steps
+
     def pretrain(self, phase_index: int, start: int) -> None:
         cfg, phase, device = self.cfg, self.cfg.pretrain, self.worker.device
         if phase.data.store:
@@ -363,13 +397,14 @@ class TrialRun:
             optimizer.load_state_dict(resume["train_state"]["optimizer"])
             scheduler.load_state_dict(resume["train_state"]["scheduler"])
         mask_generator = torch.Generator(device)
+        accum_steps = self.accum_steps(phase_index, global_batch // self.worker.world_size)
         for epoch in range(start, phase.epochs):
             seed = self.seed_epoch(phase_index, epoch, loader, loader_generator)
             mask_generator.manual_seed(seed)
             stats = pretrain_epoch(model, loader, optimizer, scheduler, epoch=epoch, first_update=epoch * len(loader),
                                    num_patches=self.objmae.num_patches, masking=cfg.masking,
                                    generator=mask_generator, device=device, on_step=self.on_step("pretrain"),
-                                   timer=StepTimer(device))
+                                   timer=StepTimer(device), accum_steps=accum_steps)
             self.pretrain_time_s += stats.seconds
             self.recon_loss = stats.loss
             self.speedup_measured = self.measure_speedup(stats.step_s)
@@ -415,11 +450,12 @@ class TrialRun:
             optimizer.load_state_dict(resume["train_state"]["optimizer"])
             scheduler.load_state_dict(resume["train_state"]["scheduler"])
         loss_fn = ClassificationLoss(phase, num_classes)
+        accum_steps = self.accum_steps(phase_index, global_batch // self.worker.world_size)
         for epoch in range(start, phase.epochs):
             self.seed_epoch(phase_index, epoch, loader, loader_generator)
             stats = train_classifier_epoch(model, loader, optimizer, scheduler, phase=name, epoch=epoch,
                                            first_update=epoch * len(loader), device=device, loss_fn=loss_fn,
-                                           on_step=self.on_step(name))
+                                           on_step=self.on_step(name), accum_steps=accum_steps)
             eval_start = time.perf_counter()
             scores = evaluate(model, val_loader, device=device)
             epoch_time = stats.seconds + time.perf_counter() - eval_start

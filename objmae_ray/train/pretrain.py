@@ -7,6 +7,7 @@ StepTimer) times each step's compute, from the masks to the optimiser step (spee
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass
@@ -45,9 +46,42 @@ def autocast(device: torch.device):
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
 
-def check_finite(loss: torch.Tensor, *, phase: str, epoch: int, step: int) -> float:
-    """loss: [] -> its value, or NonFiniteLossError naming where it happened."""
-    value = loss.item()
+class EpochLoss:
+    """The epoch's loss sum (loss x images) and its first non-finite loss (step, value), kept on the device.
+
+    `add` reads no value on the host; `reduce` is the epoch's one host sync: it sums over workers and raises
+    NonFiniteLossError (on every worker) naming the first non-finite step, so a non-finite epoch is never
+    reported nor checkpointed.
+    """
+
+    def __init__(self, device: torch.device):
+        self.total = torch.zeros((), dtype=torch.float64, device=device)
+        self.first_bad = torch.full((2,), -1.0, dtype=torch.float64, device=device)  # (step, loss), step -1: none
+
+    def add(self, loss: torch.Tensor, images: int, step: int) -> None:
+        """loss: [] (the batch mean) of a batch of `images` at `step`."""
+        loss = loss.detach().double()
+        self.total += loss * images
+        new = ~torch.isfinite(loss) & (self.first_bad[0] < 0)
+        self.first_bad = torch.where(new, torch.stack([torch.full_like(loss, step), loss]), self.first_bad)
+
+    def reduce(self, *, phase: str, epoch: int, images: int, extra: torch.Tensor | None = None) -> list[float]:
+        """[loss sum, images, *extra] summed over workers (extra: [E] device sums of the epoch)."""
+        extra = torch.zeros(0, dtype=torch.float64, device=self.total.device) if extra is None else extra
+        host = torch.cat([self.total.reshape(1), self.first_bad, extra.double()]).tolist()  # the one host sync
+        step, value = host[1], host[2]
+        loss_sum, bad, images, *rest = all_reduce_sums(host[0], float(step >= 0), images, *host[3:],
+                                                       device=self.total.device)
+        if step >= 0:
+            check_finite(value, phase=phase, epoch=epoch, step=int(step))
+        if bad:
+            raise NonFiniteLossError(f"{phase}: loss is not finite on another worker in epoch {epoch}; stopping "
+                                     f"the trial (the last checkpoint before it is kept)")
+        return [loss_sum, images, *rest]
+
+
+def check_finite(value: float, *, phase: str, epoch: int, step: int) -> float:
+    """A loss value read on the host -> itself, or NonFiniteLossError naming where it happened."""
     if not math.isfinite(value):
         raise NonFiniteLossError(f"{phase}: loss is {value} at epoch {epoch} step {step}; stopping the trial "
                                  f"(the last checkpoint before it is kept)")
@@ -60,6 +94,20 @@ def all_reduce_sums(*values: float, device: torch.device) -> list[float]:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(t)
     return t.tolist()
+
+
+def micro_batches(size: int, accum_steps: int) -> list[slice]:
+    """A batch of `size` images cut into `accum_steps` consecutive micro-batches of ceil(size / accum_steps)
+    images (the last may be smaller; fewer when size < accum_steps)."""
+    step = -(-size // max(1, accum_steps))
+    return [slice(start, min(start + step, size)) for start in range(0, size, step)]
+
+
+def sync_unless_last(model: nn.Module, index: int, count: int):
+    """DDP's no_sync() for every micro-batch but the last (gradients all-reduced once per update)."""
+    if index + 1 < count and hasattr(model, "no_sync"):
+        return model.no_sync()
+    return contextlib.nullcontext()
 
 
 def sample_batch_masks(batch: dict, *, num_patches: int, masking: MaskingConfig,
@@ -83,24 +131,28 @@ def sample_batch_masks(batch: dict, *, num_patches: int, masking: MaskingConfig,
         cam_select=masking.cam_select or "topk",
         generator=generator,
         device=device,
+        fixed_length=True,  # throwout without reading its length on the host (Masks.keep)
     )
 
 
 def pretrain_epoch(model: nn.Module, loader: Iterable[dict], optimizer: torch.optim.Optimizer, scheduler, *,
                    epoch: int, first_update: int, num_patches: int, masking: MaskingConfig,
                    generator: torch.Generator, device: torch.device,
-                   on_step: StepHook | None = None, timer=None) -> EpochStats:
+                   on_step: StepHook | None = None, timer=None, accum_steps: int = 1) -> EpochStats:
     """Train `model` (ObjMAE, maybe DDP-wrapped) for one pass over `loader`.
 
     `first_update` is the global index of this epoch's first optimiser update (for the per-update
     lr schedule); `generator` lives on `device` and is already seeded for (seed, epoch, rank).
+    `accum_steps` > 1: gradient accumulation. The masks are drawn for the whole batch, then each micro-batch
+    (micro_batches) runs forward + backward with its loss weighted by its share of the batch's valid target
+    slots, so the summed gradient is the full batch's; one optimiser update per batch (DDP syncs once).
     Besides the loss, the epoch measures the loss of predicting zeros on the same targets (the baseline a
     reconstruction must beat) and what alpha did (Masks.alpha_sums), accumulated on the device.
     """
     model.train()
     core = getattr(model, "module", model)  # DDP wraps the ObjMAE
     start = time.perf_counter()
-    loss_sum, images, steps = 0.0, 0, 0
+    losses, images, steps = EpochLoss(device), 0, 0
     on_device = torch.zeros(2 + len(ALPHA_STATS), dtype=torch.float64, device=device)  # fallback, zero loss, alpha
     for step, batch in enumerate(loader):
         if on_step is not None:
@@ -111,23 +163,33 @@ def pretrain_epoch(model: nn.Module, loader: Iterable[dict], optimizer: torch.op
             timer.start()
         masks = sample_batch_masks(batch, num_patches=num_patches, masking=masking,
                                    generator=generator, device=device)
-        with autocast(device):
-            loss, pred = model(imgs, masks.src_idx, masks.tgt_idx, masks.src_valid, masks.tgt_valid)
-        value = check_finite(loss, phase="pretrain", epoch=epoch, step=step)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        parts = micro_batches(imgs.shape[0], accum_steps)
+        valid = masks.tgt_valid.sum().clamp(min=1) if len(parts) > 1 else None
+        loss, preds = 0.0, []
+        for index, part in enumerate(parts):
+            keep = None if masks.keep is None else masks.keep[part]
+            with sync_unless_last(model, index, len(parts)):
+                with autocast(device):
+                    part_loss, pred = model(imgs[part], masks.src_idx[part], masks.tgt_idx[part],
+                                            masks.src_valid[part], masks.tgt_valid[part], keep)
+                if valid is not None:  # this micro-batch's share of the batch's valid target slots
+                    part_loss = part_loss * (masks.tgt_valid[part].sum() / valid)
+                part_loss.backward()
+            loss, preds = loss + part_loss.detach(), preds + [pred.detach()]
+        losses.add(loss, imgs.shape[0], step)
         optimizer.step()
+        pred = preds[0] if len(preds) == 1 else torch.cat(preds)
         if timer is not None:
             timer.stop()
         with torch.no_grad():  # outside the timed step: the statistics are not part of ObjMAE's cost
             zero = core.forward_loss(imgs, torch.zeros_like(pred), masks.tgt_idx, masks.tgt_valid)
             on_device += torch.cat([masks.fallback.sum().reshape(1), zero.reshape(1) * imgs.shape[0],
                                     masks.alpha_sums(num_patches)]).double()
-        loss_sum += value * imgs.shape[0]
         images += imgs.shape[0]
         steps += 1
-    loss_sum, images, fallback, zero_sum, *alpha_sums = all_reduce_sums(loss_sum, images, *on_device.tolist(),
-                                                                        device=device)
+    loss_sum, images, fallback, zero_sum, *alpha_sums = losses.reduce(phase="pretrain", epoch=epoch, images=images,
+                                                                      extra=on_device)
     seconds = time.perf_counter() - start
     per_image = max(images, 1)
     return EpochStats(loss=loss_sum / per_image, images=int(images), steps=steps, seconds=seconds,

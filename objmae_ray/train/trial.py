@@ -25,9 +25,12 @@ Reserved config keys (every key starting with "_" is dropped before TrialConfig 
 compared) and `_hooks` (tests/benchmarks only, see objmae_ray/train/loop.py).
 
 Fault tolerance: FailureConfig(max_failures) restarts the worker group from the latest registered
-checkpoint, so at most `checkpoint_every` epochs (default 1) are redone. Ray Train's controller
+checkpoint, so at most one checkpoint interval is redone: `checkpoint_minutes` (default 15) of training
+plus the epoch in progress, or `checkpoint_every` epochs when set. The last 2 checkpoints are kept
+(CHECKPOINTS_TO_KEEP); they upload in the background (Ray Train's CheckpointUploadMode.ASYNC, the trial's
+final one synchronously), so training goes on while one uploads. Ray Train's controller
 registers a report when it next polls the workers (every 2 s): a worker that dies within 2 s of a
-report can lose that report's checkpoint and redo one more epoch. A run whose latest checkpoint holds
+report (or before a background upload finished) can lose that report's checkpoint and redo one more interval. A run whose latest checkpoint holds
 a different TrialConfig is refused. A non-finite loss raises NonFiniteLossError (phase, epoch, step);
 Ray retries it like any worker error (it recurs, so max_failures = 0 is the cheap setting for sweeps)
 and then `run_trial` / `tune_trainable` raise a one-line TrialError; earlier checkpoints stay.
