@@ -23,7 +23,8 @@ from objmae_ray.sweep.spec import load_spec
 from test_results_tables import add_trial, md_rows
 
 REPO = Path(__file__).resolve().parents[1]
-DATA_ENV = ("OBJMAE_COCO_ROOT", "OBJMAE_IN100_ROOT", "OBJMAE_IN100_CAM", "OBJMAE_CIFAR_ROOT")
+DATA_ENV = ("OBJMAE_COCO_ROOT", "OBJMAE_IN100_ROOT", "OBJMAE_IN100_CAM", "OBJMAE_CIFAR_ROOT", "OBJMAE_COCO_STORE",
+            "OBJMAE_IN100_STORE", "OBJMAE_IN100_CAM_STORE", "OBJMAE_CIFAR_STORE")
 
 
 @dataclass(frozen=True)
@@ -185,7 +186,7 @@ def test_report_prints_the_papers_numbers_beside_ours(tmp_path, data_env, capsys
         add_trial(run, spec, f"t{i}", row, phases=[[(70.0 + i, 90.0)], [(20.0, 50.0)], [(60.0, 85.0)]])
     assert report_main([str(run), "--no-figures"]) == 0
     rows = md_rows((run / "report" / "table5_transfer.md").read_text())
-    in100 = Path(os.environ["OBJMAE_IN100_ROOT"]).name  # a folder phase is labelled by its root's name
+    in100 = Path(os.environ["OBJMAE_IN100_STORE"]).name  # a folder phase is labelled by its root's (or store's) name
     phases = [f"Fine-tune {in100}", f"Linear probe {in100}", "Fine-tune CIFAR-100"]
     assert rows[0] == (["Model", "α", "pretrain.epochs", "paper row", "n", "Speed Up"]
                        + [t for p in phases for k in ("Top-1", "Top-5") for t in (f"{p} {k}", f"paper {p} {k}")]

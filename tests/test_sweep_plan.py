@@ -116,7 +116,7 @@ def test_the_cluster_default_gpu_type_sets_the_rate_the_memory_plan_and_accumula
     assert "on gpu_1x: A10G 22.5 GiB, 14 sustained TFLOP/s (70 peak x MFU 0.2)" in out
     accumulation = [line for line in out.splitlines() if line.startswith("memory: ")]
     assert accumulation == ["memory: finetune: gradient accumulation 2 x 128 images (estimated peak 37.6 GiB at 256 "
-                            "> 22.5 GiB; 19.5 GiB at 128) (selection=mae, alpha=0.5, patch_size=8, and 1 more "
+                            "> 22.5 GiB; 19.5 GiB at 128) (selection=mae, alpha=0.5, patch_size=8, and 2 more "
                             "configurations)"]
     rows = {line.split(":")[0].strip(): line for line in out.splitlines() if line.startswith("  selection=")}
     assert "with accumulation" not in rows["selection=mae, alpha=0.5, patch_size=16"]

@@ -117,7 +117,7 @@ def top_columns(spec: SweepSpec) -> tuple[Column, Column]:
 
 def _phase_label(spec: SweepSpec, i: int) -> str:
     transfer = spec.base.transfer[i - 1]
-    data = _DATA.get(transfer.data.kind) or Path(transfer.data.root or transfer.data.kind).name
+    data = _DATA.get(transfer.data.kind) or Path(transfer.data.root or transfer.data.store or transfer.data.kind).name
     return f"{_PHASE.get(transfer.mode, transfer.mode)} {data}"
 
 
