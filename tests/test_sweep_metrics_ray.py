@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -143,3 +144,71 @@ def test_trial_metrics_in_prometheus_and_every_dashboard_query(ray_session, prom
         assert result and all(series["values"] for series in result), f"{title}: no data for {concrete}"
         if "group_left" in concrete:  # one series per trial, on the node that ran it
             assert {series["metric"]["trial_id"] for series in result} == set(losses), title
+
+
+# ---- without Ray: what a report exports, and the local run's monitoring line ----------------------------
+def test_a_report_becomes_tagged_gauges_nan_exported_as_is_no_gpu_series_on_cpu():
+    import torch
+
+    from objmae_ray.config import TrialConfig
+    from objmae_ray.train.metrics import GAUGES, TAG_KEYS, TrialMetrics
+
+    cfg = TrialConfig.model_validate({"model": {"preset": "micro", "img_size": 32, "patch_size": 8},
+                                      "masking": {"alpha": 0.25, "selection": "inter", "padding": "random"}})
+    metrics = TrialMetrics({"study": "s", "trial_id": "t1", "searched": "alpha=0.25, padding=random"}, cfg,
+                           torch.device("cpu"))
+    assert metrics.tags == {"study": "s", "trial_id": "t1", "phase": "", "alpha": "0.25", "padding": "random",
+                            "patch_size": "8", "selection": "inter", "searched": "alpha=0.25, padding=random"}
+    assert set(metrics.tags) == set(TAG_KEYS) and not any("gpu" in name for name in metrics.gauges)
+    report = {"phase": "pretrain", "epoch": 2, "recon_loss": float("nan"), "train_loss": 1.5, "top1": 0.0,
+              "lr": 1e-3, "images_per_s": 250.0, "speedup_measured": 2.5, "data_wait_frac": 0.25, "epoch_time_s": 4.0}
+    values = metrics.values(report, epochs=4)
+    assert {k: v for k, v in values.items() if k != "objmae_recon_loss"} == {
+        "objmae_epoch": 3.0, "objmae_phase_progress": 0.75, "objmae_train_loss": 1.5, "objmae_top1": 0.0,
+        "objmae_lr": 1e-3, "objmae_images_per_s": 250.0, "objmae_speedup_measured": 2.5, "objmae_data_wait_frac": 0.25}
+    assert values["objmae_recon_loss"] != values["objmae_recon_loss"]  # NaN, as reported
+    assert set(values) <= set(GAUGES)
+    metrics.record(report, epochs=4)  # a NaN gauge value is accepted, not dropped or raised on
+
+
+def test_local_monitoring_line_starts_prometheus_or_says_what_is_off(tmp_path, monkeypatch):
+    from ray.dashboard.modules.metrics.templates import PROMETHEUS_YML_TEMPLATE
+
+    from objmae_ray.sweep import monitor
+
+    session = tmp_path / "session"
+    (session / "metrics" / "prometheus").mkdir(parents=True)
+    (session / "prom_metrics_service_discovery.json").write_text("[]")
+    Path(monitor.scrape_config(str(session))).write_text(PROMETHEUS_YML_TEMPLATE.format(
+        prom_metrics_service_discovery_file_path=session / "prom_metrics_service_discovery.json"))
+    monkeypatch.setattr(monitor.shutil, "which", lambda name: None)
+    off = monitor.monitoring_line(str(session))
+    assert off.startswith("monitoring: off (Prometheus is not installed") and "\n" not in off
+    monkeypatch.undo()
+    exe = shutil.which("prometheus")
+    if not exe:
+        pytest.skip("prometheus not installed (scripts/system_deps.sh: apt-get install prometheus)")
+    with socket.socket() as taken:  # the default port in use: another port, said so
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        monkeypatch.setattr(monitor, "PROMETHEUS_PORT", taken.getsockname()[1])
+        line = monitor.monitoring_line(str(session))
+    assert line.startswith(f"monitoring (port {monitor.PROMETHEUS_PORT} is in use): prometheus --config.file=")
+    command, url = line.split(": ", 1)[1].split("  then ")
+    port = int(re.search(r"127\.0\.0\.1:(\d+)", command).group(1))
+    assert url == f"http://127.0.0.1:{port}/graph" and port != monitor.PROMETHEUS_PORT
+    argv = command.replace("/tmp/objmae-prometheus", str(tmp_path / "data")).split()  # the printed command runs
+    proc = subprocess.Popen([exe, *argv[1:]], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                config = _get(f"http://127.0.0.1:{port}/api/v1/status/config")["data"]["yaml"]
+                break
+            except OSError:
+                assert proc.poll() is None and time.time() < deadline
+                time.sleep(0.3)
+        assert str(session / "prom_metrics_service_discovery.json") in config
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
