@@ -91,8 +91,18 @@ def prometheus_command(session_dir: str, port: int = PROMETHEUS_PORT, data_dir: 
             f"--storage.tsdb.path={data_dir}")
 
 
-def monitoring_line(session_dir: str) -> str:
+def local_session_dir() -> str | None:
+    """The session directory of the Ray this process started or joined on this machine (None: none)."""
+    import ray._private.worker
+
+    node = getattr(ray._private.worker, "_global_node", None)
+    return node.get_session_dir_path() if node is not None else None
+
+
+def monitoring_line(session_dir: str | None) -> str:
     """One line for a local run: how to start Prometheus on this session, or which piece is off and why."""
+    if session_dir is None:
+        return "monitoring: off (no local Ray session to scrape; a cluster's head serves its own Prometheus)"
     if not shutil.which("prometheus"):
         return ("monitoring: off (Prometheus is not installed: `apt-get install prometheus`, then start it on "
                 f"{scrape_config(session_dir)}; README, Monitoring)")

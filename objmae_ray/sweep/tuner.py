@@ -38,7 +38,7 @@ from objmae_ray.errors import ConfigError
 from objmae_ray.sweep.cluster import DRIVER_RESOURCE, capacity_problems, cluster_node_types, waiting_for_nodes
 from objmae_ray.sweep.console import TrialEvents, route_worker_output, status_reporter, tune_console
 from objmae_ray.sweep.heartbeat import RunHeartbeat
-from objmae_ray.sweep.monitor import SweepMetrics, monitoring_line
+from objmae_ray.sweep.monitor import SweepMetrics, local_session_dir, monitoring_line
 from objmae_ray.sweep.plan import plan
 from objmae_ray.sweep.rundir import (STUDY_FILE, WORKER_LOG, check_storage, default_name, download, exists, is_remote,
                                      join, latest_run, local_dir, run_name, run_path, save_spec, storage_env,
@@ -221,7 +221,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, name: str | None =
         if hint:
             echo(hint)
         if not address:  # a local Ray: this machine serves its metrics (a cluster's head serves its own)
-            echo(monitoring_line(ray._private.worker._global_node.get_session_dir_path()))
+            echo(monitoring_line(local_session_dir()))
         autoscaling = check_cluster(spec, echo)
         route_worker_output(local_dir(path) / WORKER_LOG, verbose=verbose)
         if resume:
