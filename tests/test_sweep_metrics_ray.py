@@ -1,7 +1,8 @@
 """Trial metrics in a real Prometheus: Debian's `prometheus` (scripts/system_deps.sh installs it in CI) on
 127.0.0.1, scraping with the config Ray writes for the session, while a two-trial smoke sweep runs on the
 session's cluster. Every trial's loss and images/s series are found (the loss equal to the console's), and
-every PromQL expression of the shipped Grafana dashboard (cluster/grafana/objmae-sweep.json) returns data."""
+every PromQL expression of the shipped Grafana dashboard (cluster/grafana/objmae-sweep.json) returns data.
+Without Ray: what one report exports (NaN as is), and the local run's monitoring line and the command it prints."""
 from __future__ import annotations
 
 import json
