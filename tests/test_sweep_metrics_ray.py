@@ -213,3 +213,26 @@ def test_local_monitoring_line_starts_prometheus_or_says_what_is_off(tmp_path, m
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_sweep_metrics_keep_the_best_by_mode_and_pickle_without_their_gauges():
+    import pickle
+    from types import SimpleNamespace
+
+    from objmae_ray.config import SweepSpec
+    from objmae_ray.sweep.monitor import SweepMetrics
+    from objmae_ray.sweep.spec import load_spec
+
+    spec = load_spec(SMOKE)
+    spec = SweepSpec.model_validate({**spec.model_dump(), "objectives": [{"metric": "top1", "mode": "max"},
+                                                                          {"metric": "recon_loss", "mode": "min"}]})
+    callback = SweepMetrics(spec, "s")
+    callback.on_step_end(iteration=1, trials=[SimpleNamespace(status="RUNNING"), SimpleNamespace(status="RUNNING"),
+                                              SimpleNamespace(status="PENDING")])
+    assert callback._counts == {"PENDING": 1, "RUNNING": 2, "PAUSED": 0, "TERMINATED": 0, "ERROR": 0}
+    for result in ({"top1": 40.0, "recon_loss": 0.9}, {"top1": 30.0, "recon_loss": 0.7},
+                   {"top1": float("nan"), "recon_loss": 0.8}, {"phase": "pretrain"}):
+        callback.on_trial_result(iteration=2, trials=[], trial=None, result=result)
+    assert callback.best == {"top1": 40.0, "recon_loss": 0.7}
+    restored = pickle.loads(pickle.dumps(callback))  # Tune saves its callbacks in tuner.pkl
+    assert restored.best == callback.best and restored._gauges is None and restored._counts is None
