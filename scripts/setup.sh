@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Creates (or reuses) the project's virtual environment and installs objmae-ray with its test extras.
+# Creates (or reuses) the project's virtual environment and installs objmae-ray, with the extras named as
+# arguments: `bash scripts/setup.sh` (the package: what smoke.sh runs), `bash scripts/setup.sh test` (test.sh).
 # Prints nothing but pip's errors. The environment defaults to ./.venv (OBJMAE_VENV moves it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,4 +15,5 @@ quiet() { sed '/is ignored: it is neither a file nor a directory/d'; }  # local-
 if ! "$VENV/bin/python" -c "import torch, torchvision" 2>/dev/null; then
   "$VENV/bin/pip" install -q -c constraints/lock.txt ${TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1} 2>&1 | quiet
 fi
-"$VENV/bin/pip" install -q -c constraints/lock.txt -e ".[test]" 2>&1 | quiet  # the pins every node uses (scripts/lock.sh)
+EXTRAS=$(IFS=,; echo "$*")
+"$VENV/bin/pip" install -q -c constraints/lock.txt -e ".${EXTRAS:+[$EXTRAS]}" 2>&1 | quiet  # the pins every node uses (scripts/lock.sh)

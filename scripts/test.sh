@@ -2,7 +2,7 @@
 # README's test command: install (or reuse) the environment, then run every test, slow ones included.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh test   # the package and its test extra
 bash scripts/system_deps.sh   # rsync, sshd, prometheus: before the suite, on a machine that never ran it
 VENV="${OBJMAE_VENV:-.venv}"
 if [ $# -gt 0 ]; then

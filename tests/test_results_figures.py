@@ -3,6 +3,7 @@ whose best trial has a real checkpoint: a micro ObjMAE trained here for 100 step
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from objmae_ray.data.stats import object_ratio_stats
 from objmae_ray.data.transforms import denormalize
 from objmae_ray.method.model import create_objmae
 from objmae_ray.results import figures
+from objmae_ray.results.plots import overlapping_texts
 from objmae_ray.sweep.rundir import save_spec
 from objmae_ray.sweep.space import TRIAL_INDEX
 from objmae_ray.train.checkpoint import save_checkpoint
@@ -154,8 +156,23 @@ def test_object_ratio_histogram_counts_every_object(tmp_path):
     assert (tmp_path / "ratios.png").read_bytes()[:8] == PNG
 
 
-def test_objmae_report_on_a_run_with_checkpoints(trained, tmp_path):
+def saved_figures(monkeypatch) -> list[tuple[str, object, float | None]]:
+    """Records (file name, figure, dpi) of every matplotlib figure saved while the test runs."""
+    from matplotlib.figure import Figure
+
+    saved, original = [], Figure.savefig
+
+    def savefig(self, fname, *args, **kwargs):
+        saved.append((Path(str(fname)).name, self, kwargs.get("dpi")))
+        return original(self, fname, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    return saved
+
+
+def test_objmae_report_on_a_run_with_checkpoints(trained, tmp_path, monkeypatch):
     model, cfg = trained
+    saved = saved_figures(monkeypatch)
     spec = SweepSpec.model_validate({"study": "fig", "objectives": [{"metric": "top1", "mode": "max"}],
                                      "sampler": {"kind": "grid"}, "repeats": 2,
                                      "base": CFG, "search_space": {"padding": {"choices": ["zero", "random"]}}})
@@ -197,6 +214,9 @@ def test_objmae_report_on_a_run_with_checkpoints(trained, tmp_path):
     assert probe_name.startswith("best (object, trial a)") and len(probe["mse"]) == 3
     assert page.count('src="data:image/png;base64,') == 6 and "<td>Random</td><td>2</td><td>35.00 ± 7.07</td>" in page
     assert "http" not in page.replace("http-equiv", "")  # nothing fetched: readable offline
+    # every figure readable at its saved size: no title, label or tick label runs into another
+    assert sorted(name for name, _, _ in saved) == sorted(n for n in names if n.endswith(".png"))
+    assert {name: overlapping_texts(fig, dpi) for name, fig, dpi in saved} == {name: [] for name, _, _ in saved}
 
     # a checkpoint that is gone: tables and page still written, the reason recorded in one line
     for file in run.glob("train-*/*/objmae.safetensors"):

@@ -9,10 +9,12 @@ import optuna
 
 from objmae_ray.results.importance import EVALUATOR, MIN_IMPORTANCE_TRIALS, study_figures
 from objmae_ray.results.page import write_report
+from objmae_ray.results.plots import overlapping_texts
 from objmae_ray.sweep.rundir import STUDY_FILE, load_run_spec
 from objmae_ray.sweep.search import build_search
 from objmae_ray.sweep.spec import load_spec
 from objmae_ray.sweep.study import open_storage
+from test_results_figures import saved_figures
 from test_sweep_tuner import SMOKE
 
 
@@ -27,8 +29,9 @@ def smoke_study(n: int, storage=None, name: str = "s") -> optuna.Study:
     return study
 
 
-def test_importance_finds_the_parameter_the_objective_depends_on(tmp_path):
+def test_importance_finds_the_parameter_the_objective_depends_on(tmp_path, monkeypatch):
     spec = load_spec(SMOKE)
+    saved = saved_figures(monkeypatch)
     made, numbers = study_figures(smoke_study(24), spec, tmp_path)
     values = numbers["importance"]["values"]["top1"]
     assert numbers["importance"]["evaluator"] == EVALUATOR and "PedAnovaImportanceEvaluator" in EVALUATOR
@@ -37,6 +40,8 @@ def test_importance_finds_the_parameter_the_objective_depends_on(tmp_path):
     assert set(made.values()) == {"importance.png", "parallel_coordinates.png"} and numbers["skipped"] == {}
     for name in made.values():
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+    # readable at the saved size: no title, label or tick label runs into another
+    assert {name: overlapping_texts(fig, dpi) for name, fig, dpi in saved} == {name: [] for name in made.values()}
 
 
 def test_too_few_trials_say_so(tmp_path):

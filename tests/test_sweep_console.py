@@ -83,6 +83,29 @@ def test_worker_output_goes_to_the_file_and_to_the_terminal_only_with_verbose(tm
         dispatcher.remove_handler("objmae_worker_output")
 
 
+def test_raylet_startup_concurrency_warning_goes_to_the_worker_log_other_raylet_errors_print(tmp_path, monkeypatch,
+                                                                                            capsys):
+    """The raylet's errors reach the driver through ray._private.worker.print_to_stdstream (its error listener)."""
+    import ray._private.worker as ray_worker
+
+    from objmae_ray.sweep.console import route_raylet_noise
+
+    monkeypatch.setattr(ray_worker, "print_to_stdstream", ray_worker.print_to_stdstream)  # restored afterwards
+    noise = ("WARNING: 12 PYTHON worker processes have been started on node: abc with address: 10.0.0.1, which is "
+             "4x the maximum expected startup concurrency (2). This could be a result of ...")
+    for verbose in (False, True):
+        oom = f"Task {verbose} was killed due to the node running low on memory."  # Ray dedups repeated lines
+        log = tmp_path / f"{verbose}" / "workers.log"
+        log.parent.mkdir()
+        route_raylet_noise(log, verbose=verbose)
+        route_raylet_noise(log, verbose=verbose)  # twice (a resumed sweep): still one wrapper
+        for line in (noise, oom):
+            ray_worker.print_to_stdstream({"lines": [line], "pid": "raylet", "is_err": False}, ignore_prefix=False)
+        out = capsys.readouterr().out
+        assert log.read_text() == f"(raylet) {noise}\n"
+        assert oom in out and (noise in out) == verbose
+
+
 def test_trial_events_pickle_after_ray_swaps_the_print_builtin(tmp_path, monkeypatch):
     """Tune pickles callbacks with its state; Ray's tqdm_ray replaces builtins.print in the driver, after which
     the original built-in no longer pickles by reference. The callback keeps no reference to it."""

@@ -12,6 +12,7 @@ Shapes: B images, N = grid * grid patches, L source / target slots, T = 1 + L en
 """
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from objmae_ray.method.masking import Masks
 from objmae_ray.method.model import ObjMAE
 from objmae_ray.train.pretrain import sample_batch_masks
 
+TITLE_CHARS = 30  # characters per line of a 2.2-inch panel's title at 6-7 pt
 DARKEN = 0.3  # brightness of patches outside the shown set (paper: "the masked patches are darker")
 
 
@@ -231,6 +233,11 @@ def object_probe_masks(batch: dict, min_ratio: float) -> Masks:
     return Masks(src_idx, tgt_idx, src_valid, tgt_valid, torch.zeros(obj.shape[0], dtype=torch.bool))
 
 
+def _wrap(*lines: str, width: int = TITLE_CHARS) -> str:
+    """A panel title in lines of at most `width` characters (a 2.2-inch column at 6 pt holds about 34)."""
+    return "\n".join(textwrap.fill(line, width) for line in lines)
+
+
 def plot_object_probe(imgs: Tensor, probes: dict[str, tuple[Reconstruction, Tensor]], path: str | Path) -> None:
     """PNG: per image, the hidden object (lighter), then per model its reconstruction of the object and the
     attention rollout of its encoder over the rest of the image. probes: label -> (Reconstruction, rollout
@@ -242,9 +249,9 @@ def plot_object_probe(imgs: Tensor, probes: dict[str, tuple[Reconstruction, Tens
     for i in range(rows):
         panels = [("hidden object (lighter)", first.target[i], None)]
         for label, (rec, heat) in probes.items():
-            panels += [(f"{label}: object rebuilt (MSE {rec.error[i]:.3f}, zero {rec.zero_error[i]:.3f})",
+            panels += [(_wrap(f"{label}: object rebuilt", f"MSE {rec.error[i]:.3f}, zero {rec.zero_error[i]:.3f}"),
                         rec.reconstruction[i], None),
-                       (f"{label}: rollout over the rest", denormalize(imgs[i]), heat[i])]
+                       (_wrap(f"{label}: rollout over the rest"), denormalize(imgs[i]), heat[i])]
         for ax, (title, image, heat) in zip(axes[i], panels):
             ax.imshow(image.permute(1, 2, 0).numpy())
             if heat is not None:

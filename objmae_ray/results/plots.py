@@ -33,3 +33,40 @@ def plot_tradeoff(points: list[tuple[float, float, str, float | None]], path: st
     fig.tight_layout()
     fig.savefig(path)
     return front
+
+
+def drawn_texts(fig, dpi: float | None = None) -> list[tuple[str, object]]:
+    """(text, window extent in pixels) of every non-empty Text a draw of fig at dpi actually renders (tick labels
+    out of view and hidden texts are not drawn, so not listed)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Text
+
+    drawn: list[tuple[str, object]] = []
+    original = Text.draw
+
+    def draw(self, renderer):
+        original(self, renderer)
+        if self.get_visible() and self.get_text().strip():
+            drawn.append((self.get_text(), self.get_window_extent(renderer)))
+
+    saved_dpi, canvas = fig.dpi, fig.canvas
+    Text.draw = draw
+    try:
+        fig.dpi = dpi or saved_dpi
+        FigureCanvasAgg(fig).draw()
+    finally:
+        Text.draw = original
+        fig.dpi = saved_dpi
+        fig.set_canvas(canvas)
+    return drawn
+
+
+def overlapping_texts(fig, dpi: float | None = None, *, margin: float = 1.0) -> list[tuple[str, str]]:
+    """Pairs of texts of fig whose boxes overlap by more than `margin` pixels at the given dpi (none: readable)."""
+    texts = drawn_texts(fig, dpi)
+    pairs = []
+    for i, (text_a, a) in enumerate(texts):
+        for text_b, b in texts[i + 1:]:
+            if (min(a.x1, b.x1) - max(a.x0, b.x0) > margin) and (min(a.y1, b.y1) - max(a.y0, b.y0) > margin):
+                pairs.append((text_a, text_b))
+    return pairs

@@ -10,7 +10,8 @@ output in a file of the run directory instead of the terminal (`objmae-sweep --v
                        its scheduler and resource lines
   tune_console()       context for Tuner.fit: Tune's classic reporter (`RAY_AIR_NEW_OUTPUT=0`) in place of
                        the per-trial config and result tables, Optuna's log at WARNING
-  route_worker_output  Ray's stream of worker stdout/stderr (what `log_to_driver` prints) into a file
+  route_worker_output  Ray's stream of worker stdout/stderr (what `log_to_driver` prints) into a file, with the
+                       raylet's startup-concurrency warnings (RAYLET_NOISE), which a user cannot act on
 """
 from __future__ import annotations
 
@@ -168,7 +169,8 @@ def _write_batch(file: Path, data: dict) -> None:
 def route_worker_output(file: Path, *, verbose: bool = False) -> None:
     """Append Ray's worker output (Train workers' reports, controller and raylet messages) to `file`, and
     keep it off the terminal unless verbose. Only reaches this driver when Ray was initialised here with
-    log_to_driver (the default of objmae-sweep's connect)."""
+    log_to_driver (the default of objmae-sweep's connect). Raylet warnings a user cannot act on
+    (RAYLET_NOISE) go to the same file."""
     from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher  # no public hook
 
     file.parent.mkdir(parents=True, exist_ok=True)
@@ -176,3 +178,30 @@ def route_worker_output(file: Path, *, verbose: bool = False) -> None:
         dispatcher.remove_handler(_RAY_HANDLER)
     dispatcher.remove_handler(_HANDLER)
     dispatcher.add_handler(_HANDLER, functools.partial(_write_batch, file))
+    route_raylet_noise(file, verbose=verbose)
+
+
+# Raylet warnings that reach the driver's console and that a user of a sweep cannot act on: every trial starts a
+# Tune driver, a Train controller, its workers and a data-check task, which on a small machine is "Nx the maximum
+# expected startup concurrency" (Ray issue 3644); they go to the worker log instead.
+RAYLET_NOISE = ("the maximum expected startup concurrency",)
+
+
+def route_raylet_noise(file: Path, *, verbose: bool = False) -> None:
+    """Send the raylet's RAYLET_NOISE warnings to `file` (also printed when verbose). Ray prints raylet errors
+    from its error-listener thread through ray._private.worker.print_to_stdstream (no public hook)."""
+    import ray._private.worker as ray_worker
+
+    original = getattr(ray_worker.print_to_stdstream, "__wrapped__", ray_worker.print_to_stdstream)
+
+    @functools.wraps(original)
+    def print_to_stdstream(data: dict, ignore_prefix: bool) -> None:
+        lines = data.get("lines", [])
+        if data.get("pid") == "raylet" and any(noise in line for line in lines for noise in RAYLET_NOISE):
+            with _lock, open(file, "a") as out:
+                out.writelines(f"(raylet) {line}\n" for line in lines)
+            if not verbose:
+                return
+        original(data, ignore_prefix)
+
+    ray_worker.print_to_stdstream = print_to_stdstream

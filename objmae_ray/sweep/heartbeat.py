@@ -34,7 +34,7 @@ class RunHeartbeat(tune.Callback):
         self._last = time.monotonic()
         _quietly(write_driver_state, self.run, "running", heartbeat_s=HEARTBEAT_S)
 
-    def on_step(self, iteration: int, trials: list, **info) -> None:
+    def on_step_end(self, iteration: int, trials: list, **info) -> None:
         if time.monotonic() - self._last >= HEARTBEAT_S:
             self._beat()
 

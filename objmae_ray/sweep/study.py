@@ -114,8 +114,15 @@ def without_duplicates(study: optuna.Study) -> optuna.Study:
     trials = [t for t in study.get_trials(deepcopy=False) if DUPLICATE_ATTR not in t.user_attrs]
     if len(trials) == len(study.trials):
         return study
-    copy = optuna.create_study(study_name=study.study_name, directions=study.directions)
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # no "[I ...] A new study created in memory" line
+    try:
+        copy = optuna.create_study(study_name=study.study_name, directions=study.directions)
+    finally:
+        optuna.logging.set_verbosity(level)
     copy.add_trials(trials)
     if study.metric_names:
-        copy.set_metric_names(study.metric_names)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            copy.set_metric_names(study.metric_names)
     return copy

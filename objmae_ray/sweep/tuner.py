@@ -9,8 +9,8 @@
   preflight                    what must hold before Ray starts: storage reachable with these credentials,
                                the Optuna study database opens, mlflow importable when tracking asks for it
   open_study / sweep_callbacks the study's storage (objmae_ray/sweep/study.py) and the driver's Tune callbacks:
-                               console lines, heartbeat, MLflow (objmae_ray/sweep/console.py, heartbeat.py,
-                               tracking.py)
+                               console lines, heartbeat, Prometheus metrics, MLflow (objmae_ray/sweep/console.py,
+                               heartbeat.py, monitor.py, tracking.py)
   run_sweep                    fit or resume to the end; returns the run path and the ResultGrid
 
 Trial config: Tune's `param_space` is the base TrialConfig (fixed search values applied) and the
@@ -38,12 +38,13 @@ from objmae_ray.errors import ConfigError
 from objmae_ray.sweep.cluster import DRIVER_RESOURCE, capacity_problems, cluster_node_types, waiting_for_nodes
 from objmae_ray.sweep.console import TrialEvents, route_worker_output, status_reporter, tune_console
 from objmae_ray.sweep.heartbeat import RunHeartbeat
+from objmae_ray.sweep.monitor import SweepMetrics, local_session_dir, monitoring_line
 from objmae_ray.sweep.plan import plan
 from objmae_ray.sweep.rundir import (STUDY_FILE, WORKER_LOG, check_storage, default_name, download, exists, is_remote,
-                                     join, latest_run, local_dir, run_path, save_spec, storage_env, storage_uri,
-                                     trial_statuses, upload_local, write_driver_state)
+                                     join, latest_run, local_dir, run_name, run_path, save_spec, storage_env,
+                                     storage_uri, trial_statuses, upload_local, write_driver_state)
 from objmae_ray.sweep.search import build_search, build_trial_scheduler
-from objmae_ray.sweep.space import TRIAL_INDEX, base_trial, num_configurations, trial_from_tune_config
+from objmae_ray.sweep.space import TRIAL_INDEX, base_trial, describe, num_configurations, trial_from_tune_config
 from objmae_ray.sweep.study import name_objectives, open_storage, safe_url, study_url
 from objmae_ray.sweep.tracking import MlflowTracking, mlflow_client
 from objmae_ray.train.trial import tune_trainable
@@ -54,6 +55,7 @@ def sweep_trainable(config: dict) -> None:
     cfg = trial_from_tune_config(config)
     cfg.name = tune.get_context().get_trial_name() or cfg.name
     reserved = {k: v for k, v in config.items() if k.startswith("_") and k != TRIAL_INDEX}
+    reserved["_searched"] = describe({k: v for k, v in sorted(config.items()) if "." in k})  # metric tags
     tune_trainable({**cfg.model_dump(), **reserved})
 
 
@@ -89,6 +91,7 @@ def build_tuner(spec: SweepSpec, *, name: str, storage: str | None = None,
     param_space = base_trial(spec).model_dump()
     param_space["_storage_path"] = f"{storage.rstrip('/')}/{name}"  # inner Ray Train runs: shared storage
     param_space["_autoscaling"] = autoscaling
+    param_space["_study"] = name  # the trials' Prometheus metrics carry it (objmae_ray/train/metrics.py)
     return tune.Tuner(
         _with_resources(spec, trainable),
         param_space=param_space,
@@ -181,7 +184,8 @@ def open_study(spec: SweepSpec, path: str, resume: bool = False):
 
 def sweep_callbacks(spec: SweepSpec, path: str, echo: Callable[[str], None] = print) -> list[tune.Callback]:
     """The driver's Tune callbacks: a console line per trial event, the heartbeat, MLflow when configured."""
-    callbacks: list[tune.Callback] = [TrialEvents(spec, echo), RunHeartbeat(path)]
+    callbacks: list[tune.Callback] = [TrialEvents(spec, echo), RunHeartbeat(path),
+                                      SweepMetrics(spec, run_name(path))]
     if spec.tracking.mlflow:
         callbacks.append(MlflowTracking(spec, path))
     return callbacks
@@ -216,6 +220,8 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, name: str | None =
         hint = token_hint()
         if hint:
             echo(hint)
+        if not address:  # a local Ray: this machine serves its metrics (a cluster's head serves its own)
+            echo(monitoring_line(local_session_dir()))
         autoscaling = check_cluster(spec, echo)
         route_worker_output(local_dir(path) / WORKER_LOG, verbose=verbose)
         if resume:

@@ -21,6 +21,8 @@ the train loop / made its first optimiser step), transfer<i>_<metric> (phase_key
 top1 / top5 / val_loss / train_loss, 0.0 until that phase reports, so the last report holds each phase's
 final value: what an objective naming `phase: i` optimises), report_time_s (seconds this worker process spent in
 earlier reports: checkpoint write + upload + Ray's report), done (True on the last report).
+Rank 0 also exports every report to Prometheus through ray.util.metrics (train/metrics.py; tags from
+config["metric_tags"]), at the report, never per step.
 A checkpoint (checkpoint.py layout) goes with the first report after `checkpoint_minutes` (default 15) of
 wall time since the last one, or every `checkpoint_every` epochs when that is set, and with the last report
 of every phase. On Ray it uploads in the background (CheckpointUploadMode.ASYNC; the trial's last one
@@ -70,6 +72,7 @@ from objmae_ray.method.model import objmae_from_config
 from objmae_ray.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from objmae_ray.train.finetune import (ClassificationLoss, build_classifier, evaluate, train_classifier_epoch,
                                       trainable_module)
+from objmae_ray.train.metrics import TrialMetrics
 from objmae_ray.train.optim import build_lr_schedule, build_optimizer
 from objmae_ray.train.pretrain import pretrain_epoch
 from objmae_ray.train.rules import trial_phases
@@ -90,14 +93,19 @@ class Worker:
     latest_checkpoint: Callable[[], dict | None]  # load_checkpoint() of the latest reported checkpoint
     wait_committed: Callable[[], None] = lambda: None  # block until every report so far is registered
     deletes_checkpoints: bool = False  # report(..., final=False) takes the directory over and deletes it after upload
+    export: Callable[[dict, int], None] = lambda metrics, epochs: None  # (report, phase epochs) to Prometheus
 
 
-def ray_worker() -> Worker:
-    """The Worker of the current Ray Train worker process."""
+def ray_worker(cfg: TrialConfig | None = None, metric_tags: dict | None = None) -> Worker:
+    """The Worker of the current Ray Train worker process; rank 0 exports each report to Prometheus
+    (train/metrics.py) when metric_tags (study, trial_id, searched) are given."""
     import ray.train
     import ray.train.torch
 
     ctx = ray.train.get_context()
+    device = ray.train.torch.get_device()
+    exporter = TrialMetrics(metric_tags, cfg, device) if metric_tags is not None and ctx.get_world_rank() == 0 \
+        else None
 
     def report(metrics: dict, checkpoint_dir: str | None, checkpoint_name: str, final: bool = True) -> None:
         """A checkpoint uploads in the background unless `final` (the trial's last: synchronously)."""
@@ -118,11 +126,12 @@ def ray_worker() -> Worker:
             return load_checkpoint(directory)
 
     return Worker(
-        rank=ctx.get_world_rank(), world_size=ctx.get_world_size(), device=ray.train.torch.get_device(),
+        rank=ctx.get_world_rank(), world_size=ctx.get_world_size(), device=device,
         prepare_model=ray.train.torch.prepare_model,
         prepare_loader=lambda loader, add_dist_sampler=True: ray.train.torch.prepare_data_loader(
             loader, add_dist_sampler=add_dist_sampler),
-        report=report, latest_checkpoint=latest_checkpoint, wait_committed=wait_committed, deletes_checkpoints=True)
+        report=report, latest_checkpoint=latest_checkpoint, wait_committed=wait_committed, deletes_checkpoints=True,
+        export=exporter.record if exporter else Worker.export)
 
 
 @dataclass
@@ -315,6 +324,7 @@ class TrialRun:
                    "loop_start_at": self.loop_start_at,
                    "first_step_at": self.first_step_at or 0.0, "report_time_s": self.report_time_s,
                    "done": last_epoch and phase_index + 1 == len(self.phases)}
+        self.worker.export(metrics, phase.epochs)  # rank 0: a few gauge sets, no device sync
         every = self.cfg.checkpoint_every
         interval = (epoch + 1) % every == 0 if every else \
             time.monotonic() - self.checkpointed_at >= self.cfg.checkpoint_minutes * 60
@@ -469,6 +479,7 @@ class TrialRun:
 
 
 def train_loop_per_worker(config: dict) -> None:
-    """Ray Train loop: config = {"trial": TrialConfig.model_dump(), "hooks": dict | None, "speed_cache": str | None}."""
+    """Ray Train loop: config = {"trial": TrialConfig.model_dump(), "hooks": dict | None, "speed_cache": str | None,
+    "metric_tags": dict | None (train/metrics.py)}."""
     cfg = trial_from_dict(config["trial"])
-    TrialRun(cfg, ray_worker(), config.get("hooks"), config.get("speed_cache")).run()
+    TrialRun(cfg, ray_worker(cfg, config.get("metric_tags")), config.get("hooks"), config.get("speed_cache")).run()

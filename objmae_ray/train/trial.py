@@ -22,7 +22,8 @@ run's checkpoint history from storage).
 
 Reserved config keys (every key starting with "_" is dropped before TrialConfig validation):
 `_storage_path` (above), `_autoscaling` (true: the cluster has an autoscaler, so live resources are not
-compared) and `_hooks` (tests/benchmarks only, see objmae_ray/train/loop.py).
+compared), `_study` / `_searched` (the sweep's name and the trial's searched values, tags of its Prometheus
+metrics: train/metrics.py) and `_hooks` (tests/benchmarks only, see objmae_ray/train/loop.py).
 
 Fault tolerance: FailureConfig(max_failures) restarts the worker group from the latest registered
 checkpoint, so at most one checkpoint interval is redone: `checkpoint_minutes` (default 15) of training
@@ -174,7 +175,7 @@ def check_data(cfg: TrialConfig, *, wait_note_s: float = 30.0) -> None:
 
 
 def build_trainer(cfg: TrialConfig, *, storage_path: str, name: str, callbacks: list | None = None,
-                  hooks: dict | None = None):
+                  hooks: dict | None = None, metric_tags: dict | None = None):
     """The TorchTrainer (Train V2) of one trial: worker group, failure retries, checkpoint retention."""
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -188,7 +189,7 @@ def build_trainer(cfg: TrialConfig, *, storage_path: str, name: str, callbacks: 
         resources["GPU"] = res.gpus_per_worker
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"trial": cfg.model_dump(), "hooks": hooks,
+        train_loop_config={"trial": cfg.model_dump(), "hooks": hooks, "metric_tags": metric_tags,
                            "speed_cache": f"{str(storage_path).rstrip('/')}/{BASELINE_DIR}"},
         scaling_config=ray.train.ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
                                                resources_per_worker=resources),
@@ -217,7 +218,8 @@ def run_trial(cfg: TrialConfig, storage_path: str, name: str, *, hooks: dict | N
     import ray.train
 
     check_trial(cfg)
-    trainer = build_trainer(cfg, storage_path=str(storage_path), name=name, hooks=hooks)
+    trainer = build_trainer(cfg, storage_path=str(storage_path), name=name, hooks=hooks,
+                            metric_tags={"study": name, "trial_id": name})
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as err:
@@ -240,8 +242,9 @@ def tune_trainable(config: dict) -> None:
         storage_path, name = str(config["_storage_path"]), f"train-{ctx.get_trial_id()}"
     else:
         storage_path, name = ctx.get_trial_dir(), "train"
+    tags = {"study": config.get("_study", ""), "trial_id": ctx.get_trial_id(), "searched": config.get("_searched", "")}
     trainer = build_trainer(cfg, storage_path=storage_path, name=name, callbacks=[TuneReportCallback()],
-                            hooks=config.get("_hooks"))
+                            hooks=config.get("_hooks"), metric_tags=tags)
     try:
         trainer.fit()
     except ray.train.TrainingFailedError as err:
