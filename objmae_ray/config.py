@@ -161,7 +161,10 @@ class TrialConfig(_Strict):
     transfer: list[TransferConfig] = Field(default_factory=lambda: [TransferConfig()])
     resources: ResourcesConfig = ResourcesConfig()
     checkpoint_every: int = Field(1, gt=0)  # epochs between checkpoints
-    max_failures: int = Field(1, ge=0)  # Ray Train FailureConfig: worker-group restarts from the latest checkpoint
+    # fault tolerance (train/trial.py TrialFailurePolicy): both restart the workers from the latest checkpoint
+    max_failures: int = Field(1, ge=0)  # errors raised by the trial's code (a bug, NaN loss) retried
+    max_restarts: int = Field(100, ge=0)  # worker or node losses (spot reclaim, killed process) recovered from
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # train/precision.py; auto: bf16, else fp16 + loss scaling
 
 
 def dotted(loc) -> str:

@@ -24,7 +24,8 @@ from torch import Tensor, nn
 
 from objmae_ray.config import ModelConfig, TransferConfig
 from objmae_ray.method.model import create_vit_classifier
-from objmae_ray.train.pretrain import EpochStats, StepHook, all_reduce_sums, autocast, check_finite
+from objmae_ray.train.precision import Precision
+from objmae_ray.train.pretrain import EpochStats, StepHook, all_reduce_sums, check_finite
 
 def build_classifier(model_cfg: ModelConfig, transfer: TransferConfig, *, num_classes: int,
                      encoder_state: dict[str, Tensor] | None) -> nn.Module:
@@ -79,10 +80,12 @@ class ClassificationLoss:
 
 def train_classifier_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, scheduler, *,
                            phase: str, epoch: int, first_update: int, device: torch.device,
-                           loss_fn: ClassificationLoss | None = None, on_step: StepHook | None = None) -> EpochStats:
+                           loss_fn: ClassificationLoss | None = None, on_step: StepHook | None = None,
+                           precision: Precision | None = None) -> EpochStats:
     """One pass of training over `loader` of (images [B, 3, H, W], labels [B]); `loss_fn` default: plain
-    cross-entropy."""
+    cross-entropy; `precision` default: "auto" on `device` (train/precision.py)."""
     loss_fn = loss_fn or ClassificationLoss()
+    precision = precision or Precision("auto", device)
     model.train()
     start = time.perf_counter()
     loss_sum, images, steps = 0.0, 0, 0
@@ -92,13 +95,11 @@ def train_classifier_epoch(model: nn.Module, loader: Iterable, optimizer: torch.
         scheduler.step_update(first_update + step)
         imgs, labels = imgs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         imgs, targets = loss_fn.mix(imgs, labels)
-        with autocast(device):
+        with precision.autocast():
             logits = model(imgs)  # [B, num_classes]
         loss = loss_fn(logits, targets)
         value = check_finite(loss, phase=phase, epoch=epoch, step=step)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        precision.backward_step(loss, optimizer)
         loss_sum += value * imgs.shape[0]
         images += imgs.shape[0]
         steps += 1
@@ -107,7 +108,8 @@ def train_classifier_epoch(model: nn.Module, loader: Iterable, optimizer: torch.
                       seconds=time.perf_counter() - start)
 
 
-def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device) -> dict[str, float]:
+def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device,
+             precision: Precision | None = None) -> dict[str, float]:
     """Top-1 / top-5 (%) and mean cross-entropy over this worker's share of the held-out split, summed over workers.
 
     Each worker must see a disjoint share (no padding duplicates), so counts add up to the split exactly.
@@ -119,12 +121,13 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device) -> dic
         for buffer in model.module.buffers():
             dist.broadcast(buffer, src=0)
         model = model.module
+    precision = precision or Precision("auto", device)
     model.eval()
     top1, top5, loss_sum, images = 0.0, 0.0, 0.0, 0
     with torch.no_grad():
         for imgs, labels in loader:
             imgs, labels = imgs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            with autocast(device):
+            with precision.autocast():
                 logits = model(imgs).float()
             acc1, acc5 = accuracy(logits, labels, topk=(1, 5))  # percent of this batch
             n = labels.shape[0]

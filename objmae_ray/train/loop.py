@@ -23,7 +23,8 @@ A checkpoint (checkpoint.py layout) goes with every report when checkpoint_every
 `checkpoint_every` epochs and at the end of every phase.
 
 Devices: DDP and the distributed sampler come from ray.train.torch.prepare_model / prepare_data_loader;
-on GPU the forward passes run under bf16 autocast (losses in fp32), on CPU in fp32. A phase whose
+the forward passes run at the trial's `precision` (train/precision.py: "auto" is bf16 on GPUs with it,
+fp16 with loss scaling on older GPUs, fp32 on CPU; losses in fp32). A phase whose
 `data.store` is set reads the packed store and augments on the device (objmae_ray/data/loader.py).
 
 Reproducibility: model init from torch.manual_seed(seed); every epoch re-seeds torch / random / numpy,
@@ -65,6 +66,7 @@ from objmae_ray.train.checkpoint import load_checkpoint, rng_state, save_checkpo
 from objmae_ray.train.finetune import (ClassificationLoss, build_classifier, evaluate, train_classifier_epoch,
                                       trainable_module)
 from objmae_ray.train.optim import build_lr_schedule, build_optimizer
+from objmae_ray.train.precision import Precision
 from objmae_ray.train.pretrain import pretrain_epoch
 from objmae_ray.train.rules import trial_phases
 from objmae_ray.train.speed import StepTimer, baseline_step_seconds
@@ -180,9 +182,11 @@ class TrialRun:
         self.recon_loss = state.get("recon_loss", float("nan"))  # NaN until a pre-train epoch ran (scratch: never)
         self.speedup_measured = state.get("speedup_measured", float("nan"))
         self.baseline_s: float | None = None
+        self.precision = Precision(cfg.precision, worker.device)  # autocast + the fp16 loss scaler
         if self.resume:
             self.objmae.load_state_dict(self.resume["objmae"])
             set_rng_state(state["rng"])
+            self.precision.load_state_dict(state.get("scaler"))
         self.speedup: float | None = None  # computed at the first report, off the path to the first step
         self.first_step_at: float | None = None
         self.report_time_s = 0.0  # time this process spent in earlier reports (checkpoint write + Ray report)
@@ -300,7 +304,8 @@ class TrialRun:
             if due:
                 train_state = {"phase_index": phase_index, "phase": name, "epoch": epoch, "updates": updates,
                                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                               "rng": rng_state(), "pretrain_time_s": self.pretrain_time_s,
+                               "rng": rng_state(), "scaler": self.precision.state_dict(),
+                               "pretrain_time_s": self.pretrain_time_s,
                                "recon_loss": self.recon_loss, "speedup_measured": self.speedup_measured}
                 save_checkpoint(directory, objmae=self.objmae, classifier=classifier, train_state=train_state,
                                 config=self.cfg, metrics=metrics)
@@ -359,7 +364,7 @@ class TrialRun:
             stats = pretrain_epoch(model, loader, optimizer, scheduler, epoch=epoch, first_update=epoch * len(loader),
                                    num_patches=self.objmae.num_patches, masking=cfg.masking,
                                    generator=mask_generator, device=device, on_step=self.on_step("pretrain"),
-                                   timer=StepTimer(device))
+                                   timer=StepTimer(device), precision=self.precision)
             self.pretrain_time_s += stats.seconds
             self.recon_loss = stats.loss
             self.speedup_measured = self.measure_speedup(stats.step_s)
@@ -408,9 +413,9 @@ class TrialRun:
             self.seed_epoch(phase_index, epoch, loader, loader_generator)
             stats = train_classifier_epoch(model, loader, optimizer, scheduler, phase=name, epoch=epoch,
                                            first_update=epoch * len(loader), device=device, loss_fn=loss_fn,
-                                           on_step=self.on_step(name))
+                                           on_step=self.on_step(name), precision=self.precision)
             eval_start = time.perf_counter()
-            scores = evaluate(model, val_loader, device=device)
+            scores = evaluate(model, val_loader, device=device, precision=self.precision)
             epoch_time = stats.seconds + time.perf_counter() - eval_start
             self.dump_params(model, loader, phase_index, epoch)
             self.report({"train_loss": stats.loss, **scores, "images_per_s": stats.images / stats.seconds,

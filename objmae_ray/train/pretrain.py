@@ -18,6 +18,7 @@ from torch import nn
 
 from objmae_ray.config import MaskingConfig
 from objmae_ray.method.masking import ALPHA_STATS, Masks, sample_masks
+from objmae_ray.train.precision import Precision
 
 StepHook = Callable[[int, int], None]  # (epoch, step) -> None, called before each step (fault injection in tests)
 
@@ -41,8 +42,8 @@ class EpochStats:
 
 
 def autocast(device: torch.device):
-    """bf16 autocast on GPU; a no-op context on CPU (fp32)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    """The autocast of precision "auto" on `device` (train/precision.py): bf16 or fp16 on GPU, fp32 on CPU."""
+    return Precision("auto", device).autocast()
 
 
 def check_finite(loss: torch.Tensor, *, phase: str, epoch: int, step: int) -> float:
@@ -89,14 +90,16 @@ def sample_batch_masks(batch: dict, *, num_patches: int, masking: MaskingConfig,
 def pretrain_epoch(model: nn.Module, loader: Iterable[dict], optimizer: torch.optim.Optimizer, scheduler, *,
                    epoch: int, first_update: int, num_patches: int, masking: MaskingConfig,
                    generator: torch.Generator, device: torch.device,
-                   on_step: StepHook | None = None, timer=None) -> EpochStats:
+                   on_step: StepHook | None = None, timer=None, precision: Precision | None = None) -> EpochStats:
     """Train `model` (ObjMAE, maybe DDP-wrapped) for one pass over `loader`.
 
     `first_update` is the global index of this epoch's first optimiser update (for the per-update
     lr schedule); `generator` lives on `device` and is already seeded for (seed, epoch, rank).
     Besides the loss, the epoch measures the loss of predicting zeros on the same targets (the baseline a
     reconstruction must beat) and what alpha did (Masks.alpha_sums), accumulated on the device.
+    `precision` (train/precision.py): autocast and fp16 loss scaling; default "auto" on `device`.
     """
+    precision = precision or Precision("auto", device)
     model.train()
     core = getattr(model, "module", model)  # DDP wraps the ObjMAE
     start = time.perf_counter()
@@ -111,12 +114,10 @@ def pretrain_epoch(model: nn.Module, loader: Iterable[dict], optimizer: torch.op
             timer.start()
         masks = sample_batch_masks(batch, num_patches=num_patches, masking=masking,
                                    generator=generator, device=device)
-        with autocast(device):
+        with precision.autocast():
             loss, pred = model(imgs, masks.src_idx, masks.tgt_idx, masks.src_valid, masks.tgt_valid)
         value = check_finite(loss, phase="pretrain", epoch=epoch, step=step)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        precision.backward_step(loss, optimizer)
         if timer is not None:
             timer.stop()
         with torch.no_grad():  # outside the timed step: the statistics are not part of ObjMAE's cost
