@@ -32,9 +32,11 @@ the DataLoader generator and the mask generator from (seed, phase, epoch, rank);
 uses (seed, epoch). So a run resumed from a checkpoint reproduces a clean run's numbers exactly on the
 same hardware, and at most the interrupted epoch is redone.
 
-Test hooks (`hooks`, never set by a sweep): {"kill_at": [phase, epoch, step], "kill_marker": path}
-makes rank 0 SIGKILL itself once before that step, after Ray Train has registered its last report
-(the marker file makes it happen once); {"param_dump_dir": path} makes every rank write a hash of its
+Test hooks (`hooks`, never set by a sweep): {"kill_at": [phase, epoch, step] or a list of them,
+"kill_marker": path} makes rank 0 SIGKILL itself once before each such step, after Ray Train has
+registered its last report (a line per kill in the marker file makes each happen once);
+{"raise_at": [phase, epoch, step], "kill_marker": path} makes rank 0 raise RuntimeError there on every
+attempt (a bug), appending a line to the marker file each time; {"param_dump_dir": path} makes every rank write a hash of its
 parameters and its sample indices after each epoch, and append "rank phase epoch pid" to epochs.log.
 """
 from __future__ import annotations
@@ -258,16 +260,26 @@ class TrialRun:
         return self.worker.prepare_loader(loader, add_dist_sampler=False)
 
     def on_step(self, phase: str) -> Callable[[int, int], None]:
-        """Step hook: records the first optimiser step's time; test-only fault injection (`_hooks.kill_at`)."""
-        kill_at, marker = self.hooks.get("kill_at"), self.hooks.get("kill_marker")
+        """Step hook: records the first optimiser step's time; test-only fault injection (`_hooks.kill_at`,
+        `_hooks.raise_at`)."""
+        kill_at, marker = self.hooks.get("kill_at") or [], self.hooks.get("kill_marker")
+        kills = [list(point) for point in (kill_at if kill_at and isinstance(kill_at[0], list) else [kill_at])]
 
         def hook(epoch: int, step: int) -> None:
             if self.first_step_at is None:
                 self.first_step_at = time.time()
-            if (kill_at and self.worker.rank == 0 and list(kill_at) == [phase, epoch, step]
-                    and marker and not Path(marker).exists()):
+            if not marker or self.worker.rank != 0:
+                return
+            at = f"{phase} epoch {epoch} step {step}"
+            if list(self.hooks.get("raise_at") or []) == [phase, epoch, step]:
+                with open(marker, "a") as log:
+                    log.write(f"raised in rank 0 pid {os.getpid()} at {at}\n")
+                raise RuntimeError(f"injected error at {at}")
+            done = Path(marker).read_text() if Path(marker).exists() else ""
+            if [phase, epoch, step] in kills and f" at {at}\n" not in done:
                 self.worker.wait_committed()  # a crash mid-epoch comes long after the last report
-                Path(marker).write_text(f"killed rank 0 pid {os.getpid()} at {phase} epoch {epoch} step {step}\n")
+                with open(marker, "a") as log:
+                    log.write(f"killed rank 0 pid {os.getpid()} at {at}\n")
                 os.kill(os.getpid(), signal.SIGKILL)
         return hook
 
