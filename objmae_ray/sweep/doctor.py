@@ -260,8 +260,8 @@ def check_nodes(cfg: TrialConfig, storage: str, echo: Callable[[str], None] = pr
         echo("node preflight: no node that can run the workers is up yet (each node runs `objmae-sweep doctor` "
              "in its setup)")
         return
-    task = ray.remote(_node_report)
-    refs = [task.options(num_cpus=0, max_calls=1, max_retries=1,
+    task = ray.remote(max_calls=1)(_node_report)  # a fresh process: no CUDA context stays behind
+    refs = [task.options(num_cpus=0, max_retries=1,
                          scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
                 cfg.model_dump(), storage, token, int(n["Resources"].get("GPU", 0)))
             for n in nodes]
