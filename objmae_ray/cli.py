@@ -215,18 +215,20 @@ def _doctor_main(argv: list[str]) -> int:
     source.add_argument("--sweep", default=None, metavar="FILE", help="a sweep file (its base trial is checked)")
     parser.add_argument("--storage", default=None, help="storage path to check: local dir, NFS or s3://bucket/prefix")
     parser.add_argument("--expect-gpus", type=int, default=None, metavar="N",
-                        help="GPUs this node declares (its node type's GPU resource); default: not compared")
+                        help="GPUs this node declares (its node type's GPU resource); default: the GPU of "
+                             "RAY_OVERRIDE_RESOURCES (set by `ray up` for worker_start_ray_commands), else not compared")
     parser.add_argument("--min-shm-gb", type=float, default=None, metavar="GB",
                         help="free /dev/shm required (default: what the trial's loader workers need)")
     args = parser.parse_args(argv)
     from objmae_ray.config import TrialConfig
-    from objmae_ray.sweep.doctor import node_checks, node_name  # torch: only for this command
+    from objmae_ray.sweep.doctor import declared_gpus, node_checks, node_name  # torch: only for this command
     from objmae_ray.train.trial import load_trial_config
 
     try:
         cfg = load_trial_config(args.trial) if args.trial else \
             base_trial(load_spec(args.sweep)) if args.sweep else TrialConfig()
-        checks = node_checks(cfg, storage=args.storage, expect_gpus=args.expect_gpus,
+        expect = args.expect_gpus if args.expect_gpus is not None else declared_gpus()
+        checks = node_checks(cfg, storage=args.storage, expect_gpus=expect,
                              min_shm_bytes=None if args.min_shm_gb is None else int(args.min_shm_gb * 2**30))
     except ConfigError as err:
         return _print_problems(err)

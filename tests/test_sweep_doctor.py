@@ -96,3 +96,12 @@ def test_storage_marker_reads_back_only_where_the_driver_wrote_it(tmp_path, monk
     [other] = storage_checks(str(storage), token)
     assert not other.ok and other.detail.startswith(f"cannot read the marker the sweep driver wrote at "
                                                     f"{storage / STORAGE_MARKER}")
+
+
+def test_the_declared_gpus_come_from_ray_up(monkeypatch):
+    """In a node's `worker_start_ray_commands`, `ray up` sets RAY_OVERRIDE_RESOURCES to the node type's
+    resources: a type declaring 8 GPUs on a machine with none fails before `ray start`."""
+    monkeypatch.setenv("RAY_OVERRIDE_RESOURCES", '{"CPU": 96, "GPU": 8}')
+    result = doctor()
+    assert result.returncode == 1
+    assert "gpus: the node declares 8 GPU(s) but torch sees 0" in result.stderr

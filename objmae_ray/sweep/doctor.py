@@ -5,8 +5,9 @@ start (`check_nodes`, small Ray tasks like the trial's data check), before any t
 Checks, one line each (`ok    <check>: ...`, or `FAIL  <node>: <check>: <what>; fix: <how>`):
   cuda       CUDA initialises; torch's CUDA build and the driver's version (both in one line). A CPU node
              reports "no CUDA" and the other checks still run
-  gpus       visible GPUs = the node's declared GPU count (`--expect-gpus N`; at sweep start the node's
-             Ray `GPU` resource), then one line per GPU with its memory
+  gpus       visible GPUs = the node's declared GPU count (`--expect-gpus N`, else the `GPU` of
+             RAY_OVERRIDE_RESOURCES, which `ray up` sets for a node type's `worker_start_ray_commands`; at
+             sweep start the node's Ray `GPU` resource), then one line per GPU with its memory
   precision  what the trial's `precision` resolves to here ("auto": bf16 with native bf16, else fp16 with
              loss scaling; fp32 on CPU; train/precision.py)
   shm        /dev/shm free space against what the loader workers need (2 prefetched float32 batches per
@@ -22,6 +23,7 @@ on a real cluster.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -85,6 +87,15 @@ def nvidia_driver() -> tuple[str | None, str | None]:
     driver = re.search(r"Driver Version:\s*([\d.]+)", out)
     cuda = re.search(r"CUDA Version:\s*([\d.]+)", out)
     return (driver.group(1) if driver else None), (cuda.group(1) if cuda else None)
+
+
+def declared_gpus() -> int | None:
+    """The GPUs the autoscaler declared for this node: RAY_OVERRIDE_RESOURCES (JSON) during `ray start`."""
+    try:
+        gpus = json.loads(os.environ.get("RAY_OVERRIDE_RESOURCES") or "{}").get("GPU")
+    except (ValueError, AttributeError):
+        return None
+    return None if gpus is None else int(gpus)
 
 
 def _major(version: str | None) -> int | None:
