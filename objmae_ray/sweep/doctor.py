@@ -140,12 +140,12 @@ def cuda_checks(expect_gpus: int | None) -> list[Check]:
 
 
 def precision_check(cfg: TrialConfig) -> Check:
-    """What the trial's precision becomes on this node's first device."""
+    """What the trial's precision becomes on this node's first GPU (on CPU without one)."""
     import torch
 
     from objmae_ray.train.precision import resolve_precision
 
-    device = torch.device("cuda" if cfg.resources.use_gpu and torch.cuda.is_available() else "cpu")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         name = resolve_precision(cfg.precision, device)
     except ConfigError as err:
@@ -213,7 +213,8 @@ def storage_checks(storage: str, token: str | None = None) -> list[Check]:
     """The storage is reachable and writable from here; with `token`, the driver's marker reads back."""
     uri = storage_uri(storage)
     here = node_path(uri)
-    fix = "use --storage s3://bucket/prefix, or a path on an NFS mount that every node shares"
+    fix = "give every node the bucket's credentials (instance profile or AWS_* variables)" if is_remote(uri) else \
+        "use --storage s3://bucket/prefix, or a path on an NFS mount that every node shares"
     probe = join(here, f".objmae-doctor-{socket.gethostname()}-{os.getpid()}")
     try:
         write_text(probe, "ok")
@@ -225,7 +226,9 @@ def storage_checks(storage: str, token: str | None = None) -> list[Check]:
     if token is not None and (marker is None or not marker.startswith(token)):
         return [Check("storage", False, f"cannot read the marker the sweep driver wrote at "
                                         f"{join(uri, STORAGE_MARKER)}: not the driver's storage", fix)]
-    same = f"; the driver's storage ({marker.split(' ', 1)[1].strip()})" if marker and token else ""
+    written = marker.split(" ", 1)[-1].strip() if marker else ""
+    same = f"; the driver's storage ({written})" if marker and token else \
+        f"; a sweep driver's marker is here ({written})" if marker else ""
     return [Check("storage", True, f"{uri} reachable and writable{same}")]
 
 
@@ -277,7 +280,12 @@ def check_nodes(cfg: TrialConfig, storage: str, echo: Callable[[str], None] = pr
                 cfg.model_dump(), storage, token, int(n["Resources"].get("GPU", 0)))
             for n in nodes]
     ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
-    reports = [ray.get(ref) for ref in ready]
+    reports = []
+    for ref in ready:
+        try:
+            reports.append(ray.get(ref))
+        except ray.exceptions.RayError as err:  # the node went away meanwhile: its trials will not land there
+            echo(f"node preflight: a node did not finish its checks ({str(err).strip().splitlines()[0]})")
     failures = [(node, check) for node, checks in reports for check in checks if not check.ok]
     for node, check in failures:
         echo(check.line(node))
@@ -290,5 +298,7 @@ def check_nodes(cfg: TrialConfig, storage: str, echo: Callable[[str], None] = pr
         raise ConfigError(f"node preflight: {failures[0][1].line(failures[0][0]).removeprefix('FAIL  ')}{more}")
     if len(ready) < len(refs):
         echo(f"node preflight: {len(refs) - len(ready)} node(s) did not answer within {timeout_s:g} s")
+    if not reports:
+        return
     summary = sorted({next(c.detail for c in checks if c.name == "precision") for _, checks in reports})
     echo(f"node preflight: {len(reports)} node(s) passed (precision {', '.join(summary)})")
