@@ -54,13 +54,21 @@ class Precision:
         return torch.autocast(self.device.type, dtype=DTYPES.get(self.name, torch.bfloat16),
                               enabled=self.name in DTYPES)
 
-    def backward_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
-        """Zero the gradients, backward (scaled for fp16), optimiser step (skipped for fp16 when a gradient
-        is inf/NaN), scale update. No host sync: the scaler's checks stay on the device."""
-        optimizer.zero_grad(set_to_none=True)
+    def backward(self, loss: torch.Tensor) -> None:
+        """Backward pass of `loss` (multiplied by the scale for fp16); gradients accumulate."""
         self.scaler.scale(loss).backward()
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Optimiser step on the accumulated gradients (unscaled first; skipped for fp16 when one is inf/NaN),
+        then the scale update. No host sync: the scaler's checks stay on the device."""
         self.scaler.step(optimizer)
         self.scaler.update()
+
+    def backward_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        """One update from one loss: zero the gradients, `backward`, `step`."""
+        optimizer.zero_grad(set_to_none=True)
+        self.backward(loss)
+        self.step(optimizer)
 
     def state_dict(self) -> dict:
         """The scaler's state ({} unless fp16)."""
