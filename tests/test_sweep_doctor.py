@@ -105,3 +105,21 @@ def test_the_declared_gpus_come_from_ray_up(monkeypatch):
     result = doctor()
     assert result.returncode == 1
     assert "gpus: the node declares 8 GPU(s) but torch sees 0" in result.stderr
+
+
+@pytest.mark.skipif(not torch.version.cuda, reason="needs a CUDA build of torch")
+def test_a_driver_older_than_the_torch_build_names_both_versions(tmp_path, monkeypatch):
+    """A node whose nvidia-smi reports a CUDA 12.2 driver (535) under this CUDA 13 torch build: one line naming
+    torch's CUDA version and the driver's, and the driver the build needs."""
+    if int(torch.version.cuda.split(".")[0]) <= 12:
+        pytest.skip(f"torch is built for CUDA {torch.version.cuda}, which a 12.2 driver runs")
+    fake = tmp_path / "bin" / "nvidia-smi"
+    fake.parent.mkdir()
+    fake.write_text("#!/bin/sh\necho '| NVIDIA-SMI 535.104.05   Driver Version: 535.104.05   CUDA Version: 12.2 |'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}{os.pathsep}{os.environ['PATH']}")
+    result = doctor("--expect-gpus", "1")
+    assert result.returncode == 1
+    [line] = [line for line in result.stderr.splitlines() if ": cuda: " in line]
+    assert f"cuda: the driver is too old for torch: torch {torch.__version__} built for CUDA {torch.version.cuda}, " \
+           f"driver 535.104.05 (supports CUDA 12.2); fix: use an image whose driver is >= " in line
