@@ -250,16 +250,18 @@ def _run_parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 
 def export_main(argv: list[str] | None = None) -> int:
-    """`objmae-export RUN_DIR --out DIR [--metric M] [--mode max|min]` -- see objmae_ray/results/export.py."""
+    """`objmae-export RUN_DIR --out DIR [--metric M] [--mode max|min] [--phase I]` -- see results/export.py."""
     parser = _run_parser("objmae-export", "Export the best trial of a sweep run (weights for timm, config, card).")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--metric", default=None, help="rank by this metric (default: the first objective)")
     parser.add_argument("--mode", default=None, choices=["max", "min"], help="direction (default: the objective's)")
+    parser.add_argument("--phase", default=None, type=int,
+                        help="the transfer phase whose final metric ranks (default: the objective's, else the last)")
     args = parser.parse_args(argv)
     try:
         from objmae_ray.results.export import export_best  # torch + timm: only for this command
 
-        out = export_best(args.run_dir, args.out, metric=args.metric, mode=args.mode)
+        out = export_best(args.run_dir, args.out, metric=args.metric, mode=args.mode, phase=args.phase)
     except ConfigError as err:
         return _print_problems(err)
     print(f"exported to {out}")

@@ -29,6 +29,9 @@ PADDINGS: tuple[str, ...] = get_args(Padding)
 DATASET_KINDS: tuple[str, ...] = get_args(DatasetKind)
 
 
+PAPER_LAYER_DECAY = 0.65  # Table 2: layer-wise lr decay when fine-tuning a pre-trained encoder
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -110,6 +113,10 @@ class TransferConfig(PhaseOptim):
     `global_pool` picks the feature: "avg" (mean of the patch tokens, MAE fine-tuning) or "token" (cls).
     `train_images` keeps only that many labelled training images (a fixed subset, the same for every
     trial): a low-label split.
+    `layer_decay` (fine-tuning): None means the paper's 0.65 (Table 2) after pre-training and 1.0 (no
+    decay) on a random encoder (`pretrain.epochs: 0`), see `TrialConfig.layer_decay`: layer-wise decay
+    protects pre-trained features, and a scratch run has none. Below 1 from scratch is refused
+    (objmae_ray/train/rules.py) unless `allow_layer_decay_from_scratch: true`.
     """
 
     mode: Literal["finetune", "linear"] = "finetune"
@@ -118,7 +125,8 @@ class TransferConfig(PhaseOptim):
     warmup_epochs: int = Field(5, ge=0)
     batch_size: int = Field(256, gt=0)
     lr: float = Field(1e-3, gt=0.0)
-    layer_decay: float = Field(0.65, gt=0.0, le=1.0)
+    layer_decay: Optional[float] = Field(None, gt=0.0, le=1.0)  # None: 0.65 after pre-training, 1.0 from scratch
+    allow_layer_decay_from_scratch: bool = False  # let layer_decay < 1 run on a random encoder (pretrain.epochs 0)
     global_pool: Optional[Literal["avg", "token"]] = None  # default: avg (finetune), token (linear)
     crop_scale: Optional[tuple[float, float]] = None  # RandomResizedCrop scale; default (0.08, 1), synthetic (0.35, 1)
     hflip: float = Field(0.5, ge=0.0, le=1.0)  # probability of a horizontal flip
@@ -161,10 +169,18 @@ class TrialConfig(_Strict):
     transfer: list[TransferConfig] = Field(default_factory=lambda: [TransferConfig()])
     resources: ResourcesConfig = ResourcesConfig()
     checkpoint_every: int = Field(1, gt=0)  # epochs between checkpoints
-    # fault tolerance (train/trial.py TrialFailurePolicy): both restart the workers from the latest checkpoint
+    # fault tolerance (train/failures.py TrialFailurePolicy): both restart the workers from the latest checkpoint
     max_failures: int = Field(1, ge=0)  # errors raised by the trial's code (a bug, NaN loss) retried
     max_restarts: int = Field(100, ge=0)  # worker or node losses (spot reclaim, killed process) recovered from
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # train/precision.py; auto: bf16, else fp16 + loss scaling
+
+    def transfer_layer_decay(self, index: int) -> float:
+        """Layer-wise lr decay of transfer phase `index`: its `layer_decay`, else PAPER_LAYER_DECAY after
+        pre-training and 1.0 (none) on a random encoder (`pretrain.epochs: 0`, the scratch baseline)."""
+        value = self.transfer[index].layer_decay
+        if value is not None:
+            return value
+        return PAPER_LAYER_DECAY if self.pretrain.epochs > 0 else 1.0
 
 
 def dotted(loc) -> str:
@@ -236,13 +252,110 @@ def _known_metric(metric: str) -> str:
     return metric
 
 
+# Metrics of a transfer phase that an objective can read from a named phase (`phase: i`).
+PHASE_METRICS = ("top1", "top5", "val_loss", "train_loss")
+
+
+def phase_key(metric: str, phase: int) -> str:
+    """The report key carrying transfer phase `phase`'s `metric` ("transfer0_top1"): in every report, 0.0 until
+    that phase reports (objmae_ray/train/loop.py), so a trial's last report holds every finished phase's value."""
+    return f"transfer{phase}_{metric}"
+
+
 class Objective(_Strict):
-    """One objective: the metric's final value (last report of the trial) and its direction."""
+    """One objective: the metric's final value and its direction. `phase` names the transfer phase it reads
+    (index into `base.transfer`): that phase's last value. Without it, the trial's last report (the final
+    phase); a study with several transfer phases must name one (objmae_ray/sweep/checks.py)."""
 
     metric: str
     mode: Literal["max", "min"]
+    phase: Optional[int] = Field(None, ge=0)
 
     _check_metric = field_validator("metric")(_known_metric)
+
+    @model_validator(mode="after")
+    def _phase_metric(self) -> "Objective":
+        if self.phase is not None and self.metric not in PHASE_METRICS:
+            raise ValueError(f"phase: {self.metric!r} is not a transfer-phase metric; a phase can be named for "
+                             f"{', '.join(PHASE_METRICS)}")
+        return self
+
+    @property
+    def key(self) -> str:
+        """The report key Tune and Optuna optimise: the metric, or phase_key(metric, phase)."""
+        return self.metric if self.phase is None else phase_key(self.metric, self.phase)
+
+    @property
+    def label(self) -> str:
+        """"top1 (max)", "top1 of transfer.0 (max)"."""
+        return f"{self.metric}{'' if self.phase is None else f' of transfer.{self.phase}'} ({self.mode})"
+
+
+class PaperRow(_Strict):
+    """Which paper row a configuration reproduces (Tables 4-9), or `extra`: a row the paper does not have.
+
+    `alpha` is α as the paper prints it in that row; `alpha_reading` says how masking.alpha maps to it
+    (README "What alpha means"): "side" (masking.alpha = α: source and target each hold round(α·N)) or
+    "region" (α is source and target together: masking.alpha = α / 2). `top1` / `top5`: the paper's
+    numbers, one per transfer phase of the study (a single number for a one-phase study; null where the
+    paper gives none, e.g. Table 5's CIFAR-100 top-5).
+    """
+
+    table: int = Field(ge=4, le=9)
+    row: Optional[str] = Field(None, min_length=1)  # the paper's row as it reads: "ObjMAE 0.34", "Zero"
+    alpha: Optional[float] = Field(None, gt=0.0, le=1.0)
+    alpha_reading: Optional[Literal["side", "region"]] = None
+    top1: Optional[Union[float, list[Optional[float]]]] = None
+    top5: Optional[Union[float, list[Optional[float]]]] = None
+    extra: Optional[str] = Field(None, min_length=1)  # not a paper row: why the file runs it
+
+    @field_validator("top1", "top5")
+    @classmethod
+    def _per_phase(cls, value):
+        if value is None or isinstance(value, list):
+            return value
+        return [value]
+
+    @model_validator(mode="after")
+    def _row_or_extra(self) -> "PaperRow":
+        if self.extra is not None:
+            given = [k for k in ("row", "top1", "top5") if getattr(self, k) is not None]
+            if given:
+                raise ValueError(f"an extra row has no paper numbers: drop {', '.join(given)} or `extra`")
+        elif self.row is None or self.top1 is None:
+            raise ValueError("give the paper's `row` and `top1` (and `top5`), or `extra: REASON` for a row "
+                             "the paper does not have")
+        if (self.alpha is None) != (self.alpha_reading is None):
+            raise ValueError("alpha and alpha_reading go together: the paper's α and how masking.alpha reads it")
+        return self
+
+    def masking_alpha(self) -> float | None:
+        """The masking.alpha this row's α means under its reading (None: the row prints no α)."""
+        if self.alpha is None:
+            return None
+        return self.alpha if self.alpha_reading == "side" else self.alpha / 2
+
+    def describe(self) -> str:
+        """"Table 5: ObjMAE 0.34 (α region reading)" or "extra: REASON"."""
+        if self.extra is not None:
+            return f"extra (Table {self.table} has no such row): {self.extra}"
+        reading = f" (α {self.alpha_reading} reading)" if self.alpha_reading else ""
+        return f"Table {self.table}: {self.row}{reading}"
+
+
+class Configuration(BaseModel):
+    """One row of `configurations`: {key: value} (dotted TrialConfig paths or short names), plus an optional
+    `paper` annotation saying which paper row it reproduces. `settings` holds the keys and values."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+    __pydantic_extra__: dict[str, Scalar] = Field(init=False)
+
+    paper: Optional[PaperRow] = None
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """The row's {key: value}, without the annotation."""
+        return dict(self.__pydantic_extra__ or {})
 
 
 class SamplerSpec(_Strict):
@@ -364,7 +477,9 @@ class SweepSpec(_Strict):
     `transfer.0.lr`) or the short names in `objmae_ray.sweep.space.ALIASES` (alpha, padding, patch_size,
     selection). With `sampler: {kind: list}` the trials are exactly `configurations`, a list of rows
     {key: value} with the same keys (a field a row leaves out keeps the base value), and `search_space`
-    may only fix values. Each configuration runs `repeats` times with seeds `base.seed + 0 .. repeats-1`
+    may only fix values. A row's `paper: {table, row, alpha, alpha_reading, top1, top5}` (or `{table, extra}`)
+    says which paper row it reproduces (`PaperRow`); the paper tables print those numbers next to the
+    measured ones. Each configuration runs `repeats` times with seeds `base.seed + 0 .. repeats-1`
     and the sampler learns from their mean (`seed` can also be searched like any field).
     `significance`: with repeats >= 2, tables mark which rows differ from the best row by less than the
     seed noise (Welch's t-test at `significance_level`).
@@ -386,7 +501,7 @@ class SweepSpec(_Strict):
     estimate: EstimateSpec = EstimateSpec()
     base: TrialConfig = TrialConfig()
     search_space: dict[str, SearchParam] = Field(default_factory=dict)
-    configurations: list[dict[str, Scalar]] = Field(default_factory=list)  # sampler list: one row per trial config
+    configurations: list[Configuration] = Field(default_factory=list)  # sampler list: one row per trial config
     significance: Literal["welch", "none"] = "welch"  # tables mark differences to the best row within noise
     significance_level: float = Field(0.05, gt=0.0, lt=1.0)
 
@@ -400,7 +515,11 @@ class SweepSpec(_Strict):
     @field_validator("objectives")
     @classmethod
     def _distinct_metrics(cls, objectives: list[Objective]) -> list[Objective]:
-        metrics = [o.metric for o in objectives]
-        if len(set(metrics)) != len(metrics):
-            raise ValueError(f"objective metrics must be distinct, got {metrics}")
+        keys = [o.key for o in objectives]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"objectives must be distinct (metric, phase), got {keys}")
         return objectives
+
+    def paper_rows(self) -> list[PaperRow | None]:
+        """Each configuration's paper annotation (None: not annotated), in order."""
+        return [row.paper for row in self.configurations]

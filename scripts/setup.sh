@@ -12,6 +12,6 @@ fi
 # pyproject only asks for a range. Override with TORCH_SPEC for other platforms (e.g. a CUDA index).
 quiet() { sed '/is ignored: it is neither a file nor a directory/d'; }  # local-mirror noise of this machine's pip.conf
 if ! "$VENV/bin/python" -c "import torch, torchvision" 2>/dev/null; then
-  "$VENV/bin/pip" install -q ${TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1} 2>&1 | quiet
+  "$VENV/bin/pip" install -q -c constraints/lock.txt ${TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1} 2>&1 | quiet
 fi
-"$VENV/bin/pip" install -q -e ".[test]" 2>&1 | quiet
+"$VENV/bin/pip" install -q -c constraints/lock.txt -e ".[test]" 2>&1 | quiet  # the pins every node uses (scripts/lock.sh)

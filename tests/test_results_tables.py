@@ -558,3 +558,22 @@ def test_noise_calls_against_the_best_row():
     level = welch_p([82.0, 83.0], [83.0, 84.0])
     rows = [row(83.5, [83.0, 84.0]), row(82.5, [82.0, 83.0])]
     assert noise_calls(NoiseTest("v", "max", level), rows) == ["best", "≈ p=0.29"]
+
+
+def test_an_objective_naming_a_phase_ranks_and_picks_the_best_by_that_phase():
+    """{metric: top1, phase: 0} in a fine-tune + linear study: the results form ranks by the fine-tune's top-1
+    (its own column), the best record for export is the fine-tune's best, not the linear probe's."""
+    from objmae_ray.results.export import best_record
+
+    base = {**BASE, "transfer": [BASE["transfer"][0], {**BASE["transfer"][0], "mode": "linear"}]}
+    spec = spec_of({"alpha": {"choices": [0.5, 0.25]}}, base=base,
+                   objectives=({"metric": "top1", "mode": "max", "phase": 0},))
+    records = [record("a", {"masking.alpha": 0.5}, [(70.0, 90.0), (50.0, 80.0)], checkpoint_path="/ck/a"),
+               record("c", {"masking.alpha": 0.25}, [(60.0, 85.0), (55.0, 79.0)], checkpoint_path="/ck/c")]
+    assert [r.final("top1", 0) for r in records] == [70.0, 60.0] and [r.final("top1") for r in records] == [50.0, 55.0]
+    table = results_table(spec)
+    rows = pivot(records, table, spec)
+    assert [row.values["masking.alpha"] for row in rows] == [0.5, 0.25]  # by the fine-tune, not the probe (50 < 55)
+    assert markdown(table, rows).startswith("## s: 2 configurations, ranked by top1 of transfer.0 (max)\n")
+    assert best_record(records, "top1", "max", phase=0).trial_id == "a"
+    assert best_record(records, "top1", "max").trial_id == "c"  # the last report: the linear probe

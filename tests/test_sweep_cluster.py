@@ -3,6 +3,7 @@ resources, a CPU-0 head, token authentication on every node), and the capacity c
 against node types x max_workers (objmae_ray/sweep/cluster.py, `objmae-sweep validate --cluster`)."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -192,3 +193,168 @@ def test_validate_with_cluster_refuses_offline_what_no_node_type_can_host(monkey
                    f"type, gpu_8x, has 8 (node types of {gpu})"]
     assert sweep_main(["validate", alpha, "--cluster", str(CLUSTER / "onprem.yaml")]) == 0  # local provider: unknown
     assert "capacity not checked" in capsys.readouterr().out
+
+
+# ---- AWS: image, instance profiles, pinned installs ------------------------------------------------------------
+def _gpu() -> dict:
+    return yaml.safe_load((CLUSTER / "gpu.yaml").read_text())
+
+
+def _problems(tmp_path, config) -> list[str]:
+    with pytest.raises(ConfigError) as err:
+        load_cluster_config(_write(tmp_path, config))
+    lines = str(err.value).splitlines()
+    assert all(line.startswith(f"{tmp_path / 'cluster.yaml'}: ") for line in lines)
+    return [line.split(": ", 1)[1] for line in lines]
+
+
+@pytest.mark.parametrize("image", [None, "", "latest_dlami"])
+def test_gpu_node_type_without_image_is_refused_naming_the_field(tmp_path, image):
+    config = _gpu()
+    if image is None:
+        del config["available_node_types"]["gpu_1x"]["node_config"]["ImageId"]
+    else:
+        config["available_node_types"]["gpu_1x"]["node_config"]["ImageId"] = image
+    [problem] = _problems(tmp_path, config)
+    assert problem.startswith("available_node_types/gpu_1x/node_config/ImageId: missing, so Ray boots its default "
+                              "'AWS Deep Learning AMI (Ubuntu 18.04) V71.0' (CUDA 11.2 driver)")
+
+
+def test_shipped_gpu_yaml_pins_one_dlami_on_every_node_type():
+    config = load_cluster_config(CLUSTER / "gpu.yaml")
+    images = {t["node_config"]["ImageId"] for t in config["available_node_types"].values()}
+    assert len(images) == 1 and images.pop().startswith("ami-")
+
+
+def test_head_profile_must_be_one_that_can_launch_workers(tmp_path):
+    config = _gpu()
+    head = config["available_node_types"]["head"]["node_config"]
+    head["IamInstanceProfile"] = {"Name": "objmae-ray-s3"}  # bucket-only: the autoscaler could start nothing
+    assert _problems(tmp_path, config) == [
+        "available_node_types/head/node_config/IamInstanceProfile: 'objmae-ray-s3' is not documented as able to "
+        "launch workers; use objmae-ray-head (cluster/iam/create_roles.sh) or leave it out for Ray's ray-autoscaler-v1"]
+    head["IamInstanceProfile"] = {"Arn": "arn:aws:iam::123456789012:instance-profile/objmae-ray-head"}
+    load_cluster_config(_write(tmp_path, config))
+    del head["IamInstanceProfile"]  # Ray's default profile (EC2 + S3 full access): works, wider
+    load_cluster_config(_write(tmp_path, config))
+
+
+def test_worker_profile_the_head_cannot_pass_is_refused(tmp_path):
+    config = _gpu()
+    config["available_node_types"]["gpu_8x"]["node_config"]["IamInstanceProfile"] = {"Name": "admin"}
+    config["provider"]["cloudwatch"] = {"agent": {"config": "cloudwatch-agent-config.json"}}
+    assert _problems(tmp_path, config) == [
+        "available_node_types/gpu_8x/node_config/IamInstanceProfile: 'admin' cannot be passed by the head's "
+        "objmae-ray-head (cluster/iam/head-policy.json allows objmae-ray-worker only)",
+        "provider/cloudwatch: objmae-ray-head (cluster/iam/head-policy.json) does not cover Ray's CloudWatch calls; "
+        "leave it out or give the head ray-autoscaler-v1"]
+
+
+@pytest.mark.parametrize("command, unpinned", [
+    ("pip install -q -e /home/ray/objmae-ray", "-e /home/ray/objmae-ray"),
+    ("pip install 'torch>=2.4,<3' torchvision", "torch>=2.4,<3, torchvision"),
+    ("cd /tmp && python3 -m pip install -U timm==1.0.31", "timm==1.0.31"),  # its dependencies float
+    ("pip3 install --no-deps timm==1.0.*", "timm==1.0.*"),
+    ("pip install -r requirements.txt", "-r requirements.txt"),
+    ("echo start; env PIP_NO_CACHE_DIR=1 sudo pip install ray", "ray"),
+    ("pip install -q \\\n  'torch>=2.4'", "torch>=2.4"),  # a continued line
+])
+def test_unpinned_pip_install_in_setup_commands_is_refused(tmp_path, command, unpinned):
+    config = _gpu()
+    config["setup_commands"][1] = command
+    assert _problems(tmp_path, config) == [
+        f"setup_commands/1: `pip install` of {unpinned} without a constraints file installs whatever is newest when "
+        f"each node boots; add -c <checkout>/constraints/lock.txt (refreshed by scripts/lock.sh)"]
+
+
+@pytest.mark.parametrize("command", [
+    "pip install -q --constraint /home/ray/objmae-ray/constraints/lock.txt -e /home/ray/objmae-ray",
+    "pip install --constraint=/home/ray/objmae-ray/constraints/lock.txt 'torch>=2.4'",
+    "pip install -c/home/ray/lock.txt -e .",
+    "pip install --no-deps torch==2.14.1+cu128",  # exact, and nothing else comes with it
+    "echo pip install is how it is done",  # not a pip command
+])
+def test_pinned_pip_installs_pass(tmp_path, command):
+    config = _gpu()
+    config["setup_commands"][1] = command
+    load_cluster_config(_write(tmp_path, config))
+
+
+def test_rays_default_head_setup_command_counts_as_unpinned(tmp_path):
+    """AWS's defaults.yaml runs `pip install 'boto3>=1.4.8'` on the head when the file sets no head_setup_commands."""
+    config = _gpu()
+    del config["head_setup_commands"]
+    assert _problems(tmp_path, config) == [
+        "head_setup_commands (Ray's default, the file sets none): `pip install` of boto3>=1.4.8 without a constraints "
+        "file installs whatever is newest when each node boots; add -c <checkout>/constraints/lock.txt "
+        "(refreshed by scripts/lock.sh)"]
+
+
+def test_every_problem_of_a_config_is_one_line_of_the_cli(tmp_path, capsys):
+    config = _gpu()
+    del config["available_node_types"]["gpu_8x"]["node_config"]["ImageId"]
+    config["available_node_types"]["head"]["node_config"]["IamInstanceProfile"] = {"Name": "objmae-ray-s3"}
+    config["available_node_types"]["gpu_1x"]["worker_setup_commands"] = ["pip install nvitop"]
+    bad = _write(tmp_path, config)
+    assert cluster_main([str(bad)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert [line.split(": ")[2] for line in err] == [
+        "available_node_types/gpu_8x/node_config/ImageId", "available_node_types/head/node_config/IamInstanceProfile",
+        "available_node_types/gpu_1x/worker_setup_commands/0"]
+    assert all(line.startswith(f"error: {bad}: ") for line in err)
+
+
+def test_onprem_installs_are_pinned_too(tmp_path):
+    config = yaml.safe_load((CLUSTER / "onprem.yaml").read_text())
+    config["setup_commands"] = ["python3 -m pip install -q -e ~/objmae-ray"]
+    assert [p.split(":")[0] for p in _problems(tmp_path, config)] == ["setup_commands/0"]
+
+
+# ---- constraints/lock.txt ----------------------------------------------------------------------------------------
+def _lock() -> dict[str, str]:
+    lines = (CLUSTER.parent / "constraints" / "lock.txt").read_text().splitlines()
+    pins = dict(line.split("==", 1) for line in lines if line and not line.startswith("#"))
+    return {name.lower().replace("_", "-"): version for name, version in pins.items()}
+
+
+def test_lock_pins_every_runtime_dependency_within_pyprojects_ranges():
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    lock = _lock()
+    project = tomllib.loads((CLUSTER.parent / "pyproject.toml").read_text())["project"]
+    for spec in project["dependencies"] + project["optional-dependencies"]["test"]:
+        requirement = Requirement(spec)
+        name = requirement.name.lower().replace("_", "-")
+        assert name in lock, f"{name} is not pinned in constraints/lock.txt (run scripts/lock.sh)"
+        assert requirement.specifier.contains(lock[name], prereleases=True), f"{name}=={lock[name]} outside {spec}"
+    assert not any(name.startswith(("nvidia-", "cuda-")) or "+" in v for name, v in lock.items())  # per torch build
+
+
+def test_lock_is_what_this_environment_runs():
+    """The tested environment is made with the lock (scripts/setup.sh -c): a pin that differs from the installed
+    version means the lock was not refreshed (bash scripts/lock.sh) after an upgrade."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    differ = {}
+    for name, pinned in _lock().items():
+        try:
+            installed = version(name).split("+")[0]
+        except PackageNotFoundError:
+            continue
+        if installed != pinned:
+            differ[name] = (pinned, installed)
+    assert differ == {}
+
+
+def test_gpu_nodes_install_the_locked_torch_pair_from_the_cuda_12_8_index():
+    config = _gpu()
+    torch_install = config["setup_commands"][0]
+    lock = _lock()
+    assert f"torch=={lock['torch']}+cu128 torchvision=={lock['torchvision']}+cu128" in torch_install
+    assert "--extra-index-url https://download.pytorch.org/whl/cu128" in torch_install
+    setup = (CLUSTER.parent / "scripts" / "setup.sh").read_text()
+    assert f"torch=={lock['torch']} torchvision=={lock['torchvision']}" in setup
+    installs = [line for line in setup.splitlines() if re.search(r"\bpip\"? install\b", line)]
+    assert len(installs) >= 2 and all("-c constraints/lock.txt" in line for line in installs), installs

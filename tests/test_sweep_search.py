@@ -41,7 +41,6 @@ def test_trial_config_from_tune_config():
 
 def test_multi_objective_repeats_and_asha(tmp_path):
     spec = load_spec(tiny_spec(tmp_path, "m", "sampler: {kind: nsga2}\nnum_samples: 6\nrepeats: 3\nconcurrency: 2\n"
-                                              "scheduler: {kind: asha, metric: top1}\n"
                                               "search_space:\n  alpha: {type: float, low: 0.1, high: 0.5}\n"
                                               "  transfer.0.epochs: 3\n",
                                objectives="  - {metric: top1, mode: max}\n  - {metric: speedup_est, mode: max}\n"))
@@ -61,6 +60,11 @@ def test_multi_objective_repeats_and_asha(tmp_path):
     [told] = study.get_trials()
     assert told.values == [30.0, 2.0] and told.params["masking.alpha"] == configs[0]["masking.alpha"]
     assert [d.name for d in study.directions] == ["MAXIMIZE", "MAXIMIZE"]
+    # ASHA prunes on one metric: on a single-objective study only (validate refuses it with two)
+    spec = load_spec(tiny_spec(tmp_path, "a", "sampler: {kind: tpe}\nnum_samples: 6\n"
+                                              "scheduler: {kind: asha, metric: top1}\n"
+                                              "search_space:\n  alpha: {type: float, low: 0.1, high: 0.5}\n"
+                                              "  transfer.0.epochs: 3\n"))
     asha = build_trial_scheduler(spec)
     # rungs count reports (one per epoch): first rung at the first fine-tune epoch, max_t = 1 + 3 epochs
     assert asha.metric == "top1"
@@ -111,3 +115,27 @@ def test_searcher_never_hands_out_the_same_trial_twice(tmp_path):
     assert all(len(values) == 1 for values in by_point.values())  # a point always scored the same
     duplicates = [t for t in complete if "objmae_duplicate_of" in t.user_attrs]
     assert len(complete) - len(duplicates) == 14  # the proposals that repeated a trial are marked as such
+
+
+def test_objective_naming_a_phase_is_what_optuna_optimises(tmp_path):
+    """`{metric: top1, phase: 0}` in a two-phase study: Tune and Optuna read transfer0_top1 (the fine-tune's
+    final top-1, carried by the last report), not the last report's top1 (the linear probe's)."""
+    path = tiny_spec(tmp_path, "ph", "sampler: {kind: tpe}\nnum_samples: 2\nrepeats: 2\n"
+                                     "search_space:\n  alpha: {choices: [0.25, 0.5]}\n",
+                     objectives="  - {metric: top1, mode: max, phase: 0}\n")
+    text = path.read_text().replace(
+        "data: {num_images: 64, loader_workers: 0}}\n  resources",
+        "data: {num_images: 64, loader_workers: 0}}\n"
+        "    - {mode: linear, epochs: 1, warmup_epochs: 0, batch_size: 16, lr: 0.1, data: {num_images: 64}}\n"
+        "  resources")
+    path.write_text(text)
+    spec = load_spec(path)
+    assert len(spec.base.transfer) == 2 and spec.objectives[0].key == "transfer0_top1"
+    storage = optuna.storages.InMemoryStorage()
+    repeater = build_search(spec, storage=storage).searcher
+    assert repeater.searcher.metric == "transfer0_top1"
+    for i, (finetune, linear) in enumerate([(40.0, 90.0), (60.0, 10.0)]):
+        repeater.suggest(f"t{i}")
+        repeater.on_trial_complete(f"t{i}", {"top1": linear, "transfer0_top1": finetune, "transfer1_top1": linear})
+    [told] = optuna.load_study(study_name="ph", storage=storage).get_trials()
+    assert told.values == [50.0]  # the mean of the fine-tune top-1s of the two seeds

@@ -145,6 +145,7 @@ def test_overrides_reach_spec_and_base_fields(tmp_path):
     assert spec.search_space["masking.selection"].choices == ["object", "mae"]
 
 
+TPE = "sampler: {kind: tpe, seed: 0}\nnum_samples: 4"
 MALFORMED = [
     # (id, file text edit (old, new) or None, overrides, expected line (or None), expected start after "file:line: ")
     ("unknown-top-key", ("study: t", "studdy: t"), [], 1, "studdy: unknown key (did you mean 'study'?)"),
@@ -171,7 +172,7 @@ MALFORMED = [
     ("grid-too-large", ("sampler: {kind: tpe, seed: 0}\nnum_samples: 4",
                         "sampler: {kind: grid}\nbudget: {max_trials: 10}"), ["search_space.alpha={choices: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]}"],
      5, "budget.max_trials: grid too large for the budget: 12 configurations x 1 repeats = 12 trials"),
-    ("grid-continuous", ("sampler: {kind: tpe, seed: 0}\nnum_samples: 4", "sampler: {kind: grid}"), [], 11,
+    ("grid-continuous", (TPE, "sampler: {kind: grid}"), [], 11,
      "search_space.alpha: grid sampler needs choices"),
     ("unknown-metric", ("metric: top1", "metric: acc"), [], 3, "objectives.0.metric: unknown metric 'acc'"),
     ("unknown-search-key", ("alpha: {type", "alpah: {type"), [], 12,
@@ -204,7 +205,7 @@ MALFORMED = [
      "base.pretrain.data.root: required for kind 'coco'"),
     ("yaml-syntax", ("padding: {choices: [zero, random]}", "padding: {choices: [zero, random}"), [], 13,
      "YAML syntax error"),
-    ("list-without-rows", ("sampler: {kind: tpe, seed: 0}\nnum_samples: 4", "sampler: {kind: list}"), [], 4,
+    ("list-without-rows", (TPE, "sampler: {kind: list}"), [], 4,
      "sampler.kind: the list sampler needs `configurations`"),
     ("rows-without-list", ("num_samples: 4", "num_samples: 4\nconfigurations: [{alpha: 0.5}]"), [], 6,
      "configurations: only the list sampler runs configurations"),
@@ -226,6 +227,41 @@ MALFORMED = [
     ("scratch-with-pretrain-metric", ("metric: top1, mode: max", "metric: recon_loss, mode: min"),
      ["search_space.pretrain.epochs={choices: [0, 1]}"], 3,
      "objectives.0.metric: 'recon_loss' is a pre-training metric, but a trial has pretrain.epochs 0"),
+    ("objective-names-no-phase", ("data: {num_images: 16}}\nsearch_space", "data: {num_images: 16}}\n    - {mode: "
+                                 "linear, epochs: 1, warmup_epochs: 0, batch_size: 8, lr: 0.1, data: {num_images: 16}}"
+                                 "\nsearch_space"),
+     [], 3, "objectives.0: 'top1' names no phase, but the study has 2 transfer phases (0: finetune synthetic, "
+            "1: linear synthetic): say which one it ranks by, e.g. {metric: top1, mode: max, phase: 0}"),
+    ("objective-phase-missing", ("metric: top1, mode: max", "metric: top1, mode: max, phase: 1"), [], 3,
+     "objectives.0.phase: no transfer phase 1 (base.transfer has 1: 0: finetune synthetic)"),
+    ("objective-phase-not-transfer", ("metric: top1, mode: max", "metric: speedup_est, mode: max, phase: 0"), [], 3,
+     "objectives.0: phase: 'speedup_est' is not a transfer-phase metric"),
+    ("asha-two-objectives", ("  - {metric: top1, mode: max}\n", "  - {metric: top1, mode: max}\n"
+                             "  - {metric: speedup_est, mode: max}\nscheduler: {kind: asha}\n"), [], 5,
+     "scheduler.kind: ASHA prunes on scheduler.metric 'top1' alone, but the study has 2 objectives (top1, "
+     "speedup_est): it would stop trials that are Pareto-optimal on the others"),
+    ("layer-decay-from-scratch", ("data: {num_images: 16}}\nsearch_space", "data: {num_images: 16}, layer_decay: 0.65}"
+                                  "\nsearch_space"), ["search_space.pretrain.epochs={choices: [0, 1]}"], 10,
+     "base.transfer.0.layer_decay: 0.65 < 1 with pretrain.epochs 0: layer-wise decay protects pre-trained features"),
+    ("paper-alpha-reading", (TPE, "sampler: {kind: list}\nconfigurations: [{alpha: 0.25, paper: {table: 9, row: "
+                             "ObjMAE 0.25, alpha: 0.25, alpha_reading: region, top1: 87.52, top5: 97.48}}]"),
+     ["search_space={}"], 5,
+     "configurations.0.paper.alpha_reading: the paper's α 0.25 read as 'region' is masking.alpha 0.125, but this "
+     "row runs masking.alpha 0.25"),
+    ("paper-on-some-rows", (TPE, "sampler: {kind: list}\nconfigurations: [{alpha: 0.25, paper: {table: 9, extra: why}},"
+                            " {alpha: 0.5}]"), ["search_space={}"], 5,
+     "configurations.1: no `paper` annotation, but other rows have one"),
+    ("paper-numbers-per-phase", (TPE, "sampler: {kind: list}\nconfigurations: [{alpha: 0.25, paper: {table: 9, "
+                                 "row: x, top1: [1.0, 2.0]}}]"), ["search_space={}"], 5,
+     "configurations.0.paper.top1: 2 number(s) for 1 transfer phase(s) (0: finetune synthetic)"),
+    ("paper-extra-with-numbers", (TPE, "sampler: {kind: list}\nconfigurations: [{alpha: 0.25, paper: {table: 9, "
+                                  "extra: why, top1: 3.0}}]"), ["search_space={}"], 5,
+     "configurations.0.paper: an extra row has no paper numbers: drop top1 or `extra`"),
+    ("paper-without-row", (TPE, "sampler: {kind: list}\nconfigurations: [{alpha: 0.25, paper: {table: 9}}]"),
+     ["search_space={}"], 5, "configurations.0.paper: give the paper's `row` and `top1`"),
+    ("paper-table-out-of-range", (TPE, "sampler: {kind: list}\nconfigurations: [{alpha: 0.25, paper: {table: 3, "
+                                  "extra: why}}]"), ["search_space={}"], 5,
+     "configurations.0.paper.table: Input should be greater than or equal to 4"),
     ("bad-set", ("study: t", "study: t"), ["num_samples"], None, "--set num_samples: expected key=value"),
     ("set-names-field", ("study: t", "study: t"), ["concurrency=0"], None,
      "--set concurrency: Input should be greater than 0"),

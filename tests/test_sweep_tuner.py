@@ -180,3 +180,30 @@ def test_sanity_study_reduced_shows_pre_training_ahead(ray_session, tmp_path):
     random_probe, pretrained_probe = records[0].last["top1"], records[40].last["top1"]
     assert records[0].last["phase"] == records[40].last["phase"] == "linear"
     assert pretrained_probe > random_probe + 2.0, (pretrained_probe, random_probe)
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.timeout(900)
+def test_objective_naming_a_phase_is_what_the_study_records(ray_session, tmp_path):
+    """Two transfer phases (fine-tune, then linear probe) and `{metric: top1, phase: 0}`: each trial's last
+    report carries the fine-tune's final top-1 as transfer0_top1, and that is the value Optuna stores, not
+    the linear probe's top-1 of the last report."""
+    spec_file = tiny_spec(tmp_path, "ph", "sampler: {kind: list}\nconfigurations: [{alpha: 0.5}, {alpha: 0.25}]\n",
+                          objectives="  - {metric: top1, mode: max, phase: 0}\n")
+    text = spec_file.read_text().replace(
+        "data: {num_images: 64, loader_workers: 0}}\n  resources",
+        "data: {num_images: 64, loader_workers: 0}}\n    - {mode: linear, epochs: 1, warmup_epochs: 0, "
+        "batch_size: 16, lr: 0.1, data: {num_images: 64, loader_workers: 0}}\n  resources")
+    spec_file.write_text(text)
+    spec = load_spec(spec_file)
+    path, results = run_sweep(spec, name="ph-1", echo=lambda line: None)
+    assert results.num_errors == 0
+    records = records_from_dir(Path(path))
+    assert len(records) == 2 and all(r.status == "done" for r in records)
+    for record in records:
+        assert record.last["phase"] == "linear" and record.last["transfer0_top1"] == record.final("top1", 0)
+        assert record.last["transfer1_top1"] == record.last["top1"]
+    study = optuna.load_study(study_name="ph-1", storage=f"sqlite:///{Path(path) / STUDY_FILE}")
+    told = sorted(t.value for t in study.get_trials(states=(TrialState.COMPLETE,)))
+    assert told == sorted(r.final("top1", 0) for r in records)

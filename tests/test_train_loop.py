@@ -127,6 +127,21 @@ def test_local_run_reports_every_epoch_with_checkpoints(clean_run):
     assert "head.0.weight" not in last["classifier"]
 
 
+def test_each_transfer_phase_final_is_carried_to_the_last_report(clean_run):
+    """transfer<i>_<metric> (what an objective naming `phase: i` optimises): in every report (Tune requires the
+    searcher's metric in each), 0.0 before transfer phase i, its latest value from then on, so the last report
+    holds every phase's final value."""
+    pretrain, finetune, linear = clean_run.reports[1], clean_run.reports[2], clean_run.reports[3]
+    keys = {f"transfer{i}_{m}" for i in (0, 1) for m in ("top1", "top5", "val_loss", "train_loss")}
+    assert {k: pretrain[k] for k in keys} == dict.fromkeys(keys, 0.0)
+    assert {k: finetune[k] for k in keys if k.startswith("transfer0")} == {
+        "transfer0_top1": finetune["top1"], "transfer0_top5": finetune["top5"],
+        "transfer0_val_loss": finetune["val_loss"], "transfer0_train_loss": finetune["train_loss"]}
+    assert finetune["transfer1_top1"] == 0.0 and finetune["transfer0_train_loss"] > 0
+    assert linear["transfer0_top1"] == finetune["top1"] and linear["transfer0_val_loss"] == finetune["val_loss"]
+    assert linear["transfer1_top1"] == linear["top1"] and linear["transfer1_top5"] == linear["top5"]
+
+
 def test_linear_probe_keeps_the_pretrained_encoder(clean_run):
     pretrained = ckpt.load_checkpoint(clean_run.checkpoints[1])["objmae"]
     finetuned = ckpt.load_checkpoint(clean_run.checkpoints[2])["classifier"]

@@ -44,3 +44,24 @@ def test_every_broken_rule_is_one_line():
     assert [p.split(": ")[0] for p in trial_problems(cfg)] == [
         "model.preset", "model.patch_size", "pretrain.data.root", "pretrain.warmup_epochs",
         "resources.gpus_per_worker"]
+
+
+def test_layer_decay_defaults_by_phase_and_is_refused_below_one_from_scratch():
+    """Layer-wise decay protects pre-trained features: 0.65 (Table 2) after pre-training, 1.0 on a random
+    encoder; an explicit decay below 1 from scratch is refused naming both fields, unless allowed."""
+    phases = [{"mode": "finetune"}, {"mode": "linear"}, {"mode": "finetune", "layer_decay": 0.8}]
+    pretrained, scratch = config(transfer=phases), config(pretrain={"epochs": 0}, transfer=phases[:2])
+    assert [pretrained.transfer_layer_decay(i) for i in range(3)] == [0.65, 0.65, 0.8]
+    assert [scratch.transfer_layer_decay(i) for i in range(2)] == [1.0, 1.0]
+    assert trial_problems(pretrained) == [] and trial_problems(scratch) == []
+    refused = config(pretrain={"epochs": 0}, transfer=phases)
+    assert trial_problems(refused) == [
+        "transfer.2.layer_decay: 0.8 < 1 with pretrain.epochs 0: layer-wise decay protects pre-trained features "
+        "and a random encoder has none, so it only slows the early blocks (leave layer_decay out for 1.0, or set "
+        "transfer.2.allow_layer_decay_from_scratch: true)"]
+    allowed = config(pretrain={"epochs": 0},
+                     transfer=[*phases[:2], {**phases[2], "allow_layer_decay_from_scratch": True}])
+    assert trial_problems(allowed) == [] and allowed.transfer_layer_decay(2) == 0.8
+    # exactly 1.0 from scratch is no decay; a linear probe has no layer-wise lr at all
+    assert trial_problems(config(pretrain={"epochs": 0}, transfer=[{"layer_decay": 1.0},
+                                                                     {"mode": "linear", "layer_decay": 0.5}])) == []

@@ -1,7 +1,7 @@
 """Export the best trial of a finished sweep: weights that load into timm, the config to rerun it,
 its metrics and a short model card.
 
-`objmae-export RUN_DIR --out DIR [--metric top1] [--mode max]` writes into DIR:
+`objmae-export RUN_DIR --out DIR [--metric top1] [--mode max] [--phase 0]` writes into DIR:
   encoder.safetensors     the pre-trained ObjMAE encoder under timm VisionTransformer names: loads into
                           `timm.create_model("vit_small_patch16_224", ...)` with only the head missing
   classifier.safetensors  the trial's fine-tuned (or linear-probed) timm classifier, when it has one
@@ -9,7 +9,8 @@ its metrics and a short model card.
   metrics.json            the trial's final metrics, its searched values, the source checkpoint
   README.md               model card
 The best trial is the one with the best *final* value of the metric (default: the sweep's first
-objective), read from the trial directories' result.json; its weights come from the checkpoint
+objective; of the transfer phase it names, `--phase` or the objective's `phase`), read from the trial
+directories' result.json; its weights come from the checkpoint
 directory of its last report carrying one (`checkpoint_path`, reported by Tune's
 TuneReportCallback). Only JSON and safetensors are read: nothing is unpickled. RUN_DIR may be remote
 (s3://bucket/prefix/run): its files are read in place and the one checkpoint is copied to a temporary
@@ -37,20 +38,22 @@ ENCODER_FILE, CLASSIFIER_FILE, CONFIG_FILE, METRICS_FILE, CARD_FILE = (
     "encoder.safetensors", "classifier.safetensors", "config.yaml", "metrics.json", "README.md")
 
 
-def best_record(records: list[TrialRecord], metric: str, mode: str) -> TrialRecord | None:
-    """The record with the best final `metric` among those that reported it with a checkpoint (None: none did)."""
+def best_record(records: list[TrialRecord], metric: str, mode: str, phase: int | None = None) -> TrialRecord | None:
+    """The record with the best final `metric` (of transfer phase `phase`, else the last report: see
+    TrialRecord.final) among those that reported it with a checkpoint (None: none did)."""
     if mode not in ("max", "min"):
         raise ConfigError(f"--mode: must be max or min, got {mode!r}")
-    scored = [r for r in records if finite(r.last.get(metric)) is not None and r.checkpoint_dir()]
+    scored = [r for r in records if finite(r.final(metric, phase)) is not None and r.checkpoint_dir()]
     sign = 1 if mode == "max" else -1
-    return max(scored, key=lambda r: sign * finite(r.last.get(metric))) if scored else None
+    return max(scored, key=lambda r: sign * finite(r.final(metric, phase))) if scored else None
 
 
-def best_trial(run_dir: str | Path, metric: str, mode: str) -> TrialRecord:
-    """The trial of the run with the best final `metric` among those that reported it with a checkpoint."""
-    best = best_record(records_from_dir(run_dir), metric, mode)
+def best_trial(run_dir: str | Path, metric: str, mode: str, phase: int | None = None) -> TrialRecord:
+    """The trial of the run with the best final `metric` (of transfer phase `phase`) with a checkpoint."""
+    best = best_record(records_from_dir(run_dir), metric, mode, phase)
     if best is None:
-        raise ConfigError(f"{run_dir}: no trial reported {metric!r} with a checkpoint")
+        where = "" if phase is None else f" in transfer phase {phase}"
+        raise ConfigError(f"{run_dir}: no trial reported {metric!r}{where} with a checkpoint")
     return best
 
 
@@ -110,9 +113,9 @@ against a supervised ViT step of the same preset, not a measured time.
 
 
 def export_best(run_dir: str | Path, out: str | Path, *, metric: str | None = None,
-                mode: str | None = None) -> Path:
+                mode: str | None = None, phase: int | None = None) -> Path:
     """Export the best trial of the sweep in run_dir (a local path or a URI) into out (see module docstring);
-    return out."""
+    return out. Without `metric` / `mode`, the first objective's metric, mode and phase rank the trials."""
     run_dir, out = require_run(str(run_dir)), Path(out)
     study = run_name(run_dir)
     if metric is None or mode is None:
@@ -120,8 +123,11 @@ def export_best(run_dir: str | Path, out: str | Path, *, metric: str | None = No
             raise ConfigError(f"{join(run_dir, SPEC_FILE)}: not found; pass --metric and --mode")
         spec = load_run_spec(run_dir)
         study = spec.study
-        metric, mode = metric or spec.objectives[0].metric, mode or spec.objectives[0].mode
-    record = best_trial(run_dir, metric, mode)
+        objective = spec.objectives[0]
+        if metric is None:
+            metric, phase = objective.metric, objective.phase if phase is None else phase
+        mode = mode or objective.mode
+    record = best_trial(run_dir, metric, mode, phase)
     source = record.checkpoint_dir()
     with tempfile.TemporaryDirectory(prefix="objmae-export-") as scratch:
         checkpoint = local_checkpoint(source, scratch)
@@ -136,7 +142,9 @@ def export_best(run_dir: str | Path, out: str | Path, *, metric: str | None = No
     (out / CONFIG_FILE).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     metrics = {k: v for k, v in record.last.items() if isinstance(v, (int, float, str, bool)) or v is None}
     (out / METRICS_FILE).write_text(json.dumps(
-        {"trial_id": record.trial_id, "selected_by": {"metric": metric, "mode": mode}, "params": record.params,
+        {"trial_id": record.trial_id,
+         "selected_by": {"metric": metric, "mode": mode, **({} if phase is None else {"phase": phase})},
+         "params": record.params,
          "checkpoint": source, "metrics": metrics}, indent=2, sort_keys=True, default=str))
     (out / CARD_FILE).write_text(_model_card(record, cfg, metrics, metric, timm_name, has_classifier, study))
     return out

@@ -41,7 +41,7 @@ def importances(study: optuna.Study, spec: SweepSpec) -> dict[str, dict[str, flo
         sign = -1.0 if objective.mode == "max" else 1.0
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "assumes lower target values are better": the sign handles it
-            out[objective.metric] = optuna.importance.get_param_importances(
+            out[objective.key] = optuna.importance.get_param_importances(
                 study, evaluator=evaluator, target=lambda t, i=i, sign=sign: sign * t.values[i], normalize=True)
     return out
 
@@ -62,7 +62,7 @@ def plot_importances(values: dict[str, dict[str, float]], path: Path) -> None:
 def plot_parallel(study: optuna.Study, spec: SweepSpec, path: Path) -> None:
     """Optuna's parallel-coordinate plot, coloured by the first objective (Optuna draws with pyplot: the
     figure is closed after saving)."""
-    metric = spec.objectives[0].metric
+    metric = spec.objectives[0].key
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         ax = optuna.visualization.matplotlib.plot_parallel_coordinate(
@@ -97,7 +97,7 @@ def study_figures(study: optuna.Study | None, spec: SweepSpec, out: Path) -> tup
     if complete >= MIN_PARALLEL_TRIALS:
         plot_parallel(study, spec, out / "parallel_coordinates.png")
         made[f"Parallel coordinates of the {complete} completed configurations, coloured by "
-             f"{spec.objectives[0].metric} (optuna.visualization.matplotlib)"] = "parallel_coordinates.png"
+             f"{spec.objectives[0].key} (optuna.visualization.matplotlib)"] = "parallel_coordinates.png"
     else:
         numbers["skipped"]["parallel coordinates"] = (
             f"{complete} completed trial(s) in the study; needs at least {MIN_PARALLEL_TRIALS}")

@@ -111,14 +111,15 @@ def _checkpoint_figures(run_dir: str, spec: SweepSpec, out: Path, num_images: in
     """Fig. 8 and Fig. 10 from the best trial's checkpoint on its validation images; Fig. 5 of its data."""
     objective = spec.objectives[0]
     try:
-        best = best_trial(run_dir, objective.metric, objective.mode)
+        best = best_trial(run_dir, objective.metric, objective.mode, objective.phase)
         with tempfile.TemporaryDirectory(prefix="objmae-report-") as scratch:
             model, cfg = objmae_from_checkpoint(local_checkpoint(best.checkpoint_dir(), scratch))
     except ConfigError as err:
         numbers["skipped"]["checkpoint figures"] = str(err)
         return
-    numbers["best_trial"] = {"trial_id": best.trial_id, "params": best.params, objective.metric:
-                             finite(best.last.get(objective.metric)), "checkpoint": str(best.checkpoint_dir())}
+    numbers["best_trial"] = {"trial_id": best.trial_id, "params": best.params, objective.key:
+                             finite(best.final(objective.metric, objective.phase)),
+                             "checkpoint": str(best.checkpoint_dir())}
     try:
         batch, masks = figures.validation_batch(cfg, num_images)
     except ConfigError as err:
@@ -158,9 +159,9 @@ def _object_probe(spec: SweepSpec, records: list[TrialRecord], out: Path, num_im
     objective = spec.objectives[0]
     base_selection = base_trial(spec).masking.selection
     mae = [r for r in records if r.params.get("masking.selection", base_selection) == "mae"]
-    chosen = {"best": best_record(records, objective.metric, objective.mode)}
+    chosen = {"best": best_record(records, objective.metric, objective.mode, objective.phase)}
     if mae and chosen["best"] not in mae:
-        chosen["MAE"] = best_record(mae, objective.metric, objective.mode)
+        chosen["MAE"] = best_record(mae, objective.metric, objective.mode, objective.phase)
     try:
         probes, imgs = {}, None
         for label, record in chosen.items():
@@ -202,7 +203,7 @@ def html_page(spec: SweepSpec, records: list[TrialRecord], tables_html: str, mad
     """A static page (no server, no network): tables, figures embedded as base64 PNGs, skipped figures."""
     counts = {s: sum(r.status == s for r in records) for s in ("done", "stopped", "error", "pending")}
     dims = ", ".join(short_name(d) for d in tables.paper_table(spec).dims) or "none"
-    objectives = ", ".join(f"{o.metric} ({o.mode})" for o in spec.objectives)
+    objectives = ", ".join(o.label for o in spec.objectives)
     parts = [f"<!DOCTYPE html><html><head><meta charset=utf-8><title>ObjMAE sweep {html.escape(spec.study)}</title>",
              f"<style>{_CSS}</style></head><body>",
              f"<h1>ObjMAE sweep: {html.escape(spec.study)}</h1>",
@@ -211,7 +212,7 @@ def html_page(spec: SweepSpec, records: list[TrialRecord], tables_html: str, mad
              f"repeats per configuration: {spec.repeats}.</p>", tables_html]
     best = numbers.get("best_trial")
     if best:
-        parts.append(f"<p>Best trial by {html.escape(spec.objectives[0].metric)}: <code>{html.escape(best['trial_id'])}"
+        parts.append(f"<p>Best trial by {html.escape(spec.objectives[0].label)}: <code>{html.escape(best['trial_id'])}"
                      f"</code> {html.escape(json.dumps(best['params']))}</p>")
     for caption, name in made.items():
         parts.append(f"<figure><img alt=\"{html.escape(name)}\" src=\"{_embedded(out / name)}\">"

@@ -42,6 +42,13 @@ class TrialRecord:
         reached = (int(self.last.get("phase_index", -1)), int(self.last.get("epoch", -1)))
         return "done" if reached == self.final_point else "stopped"  # Tune sets `done` on stopped trials too
 
+    def final(self, metric: str, phase: int | None = None) -> Any:
+        """The trial's final `metric`: of transfer phase `phase` (its last report, reporting phase index
+        phase + 1), or of the last report when phase is None (what an `Objective` reads)."""
+        if phase is None:
+            return self.last.get(metric)
+        return self.phase_finals().get(phase + 1, {}).get(metric)
+
     def phase_finals(self) -> dict[int, dict]:
         """phase_index -> last report of that phase."""
         finals: dict[int, dict] = {}

@@ -54,12 +54,12 @@ def _best(run: str, spec) -> str:
     records = [r for r in records_from_dir(run) if r.status == "done"]
     rows = tables.pivot(records, tables.results_table(spec), spec) if records else []
     objective = spec.objectives[0]
-    key = tables.objective_key(objective.metric)
+    key = tables.objective_column(objective, spec, tables.results_table(spec).columns)
     if not rows or rows[0].mean.get(key) is None:
         return "none yet"
     row = rows[0]
     spread = f" ± {row.std[key]:.4g}" if row.std.get(key) is not None and len(row.trials) > 1 else ""
-    return f"{objective.metric} {row.mean[key]:.4g}{spread} ({len(row.trials)} run(s)): {describe(row.values)}"
+    return f"{objective.key} {row.mean[key]:.4g}{spread} ({len(row.trials)} run(s)): {describe(row.values)}"
 
 
 def run_status(run: str) -> RunStatus:

@@ -20,6 +20,12 @@ TrialConfig paths) and, per column, the mean and sample std over the row's trial
   selection + alpha                   Table 9      top-1, top-5
   anything else                       ablation     speed-up, pre-train img/s, recon loss (+ predict-zeros), top-1/5
 
+Paper numbers: where the configurations carry `paper` annotations (config.PaperRow), the paper form adds
+a "paper row" column (the paper's row and α reading, or "extra: REASON") and, after each top-1 / top-5
+column, the paper's number for that phase ("paper Top-1"); the CSV adds paper_row, paper_<key>.
+Objectives: the results form ranks by the first objective's column; one naming a transfer phase
+(`phase: i`) ranks by that phase's column (`objective_column`).
+
 Noise: with `significance: welch` (the default) every table compares each row's repeats of the first
 objective (Table 5: each phase's top-1) with the best row's (Welch's t-test, `significance_level`) and
 marks the rows whose difference is within the seed noise ("≈"); with one repeat per row no call can be
@@ -42,15 +48,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from objmae_ray.config import ChoiceParam, SweepSpec
+from objmae_ray.config import ChoiceParam, Objective, PaperRow, SweepSpec
 from objmae_ray.results.records import TrialRecord
 from objmae_ray.results.stats import finite, mean_std, pareto_front, welch_p
-from objmae_ray.sweep.space import describe, searched, short_name
+from objmae_ray.sweep.space import configuration_rows, describe, searched, short_name
 
 _MODEL = {"object": "ObjMAE", "mae": "MAE", "inter": "ObjMAE (inter)", "cam": "ObjMAE (CAM)"}
 _REGION = {"object": "Intra-object", "inter": "Inter-object", "mae": "Whole image (MAE)", "cam": "CAM region"}
 _PHASE = {"finetune": "Fine-tune", "linear": "Linear probe"}
 _DATA = {"cifar100": "CIFAR-100", "coco": "COCO", "synthetic": "synthetic"}
+_PAPER_NOTE = (" paper row / paper Top-1 / Top-5: the row of the paper this configuration reproduces (its `paper`"
+               " annotation; α reading: side = masking.alpha is α, region = α / 2) and the paper's numbers;"
+               " extra = a row the paper does not have.")
 _DIM_TITLES = {"masking.alpha": "α", "model.patch_size": "Patch Size", "masking.padding": "Padding Mode"}
 
 
@@ -64,6 +73,7 @@ class Column:
     digits: int
     value: Callable[[TrialRecord], float | None]
     suffix: str = ""
+    source: tuple[int, str] | None = None  # (reporting phase index, metric) of a per-phase metric column
 
 
 def last(metric: str) -> Callable[[TrialRecord], float | None]:
@@ -101,8 +111,8 @@ PRETRAIN_TIME = Column("pretrain_time_s", "Pre-train s", 1, last("pretrain_time_
 def top_columns(spec: SweepSpec) -> tuple[Column, Column]:
     """Top-1 / top-5 of the final transfer phase."""
     final = len(spec.base.transfer)
-    return (Column("top1", "Top-1", 2, phase_metric(final, "top1")),
-            Column("top5", "Top-5", 2, phase_metric(final, "top5")))
+    return (Column("top1", "Top-1", 2, phase_metric(final, "top1"), source=(final, "top1")),
+            Column("top5", "Top-5", 2, phase_metric(final, "top5"), source=(final, "top5")))
 
 
 def _phase_label(spec: SweepSpec, i: int) -> str:
@@ -114,6 +124,22 @@ def _phase_label(spec: SweepSpec, i: int) -> str:
 def objective_key(metric: str) -> str:
     """The column key of an objective metric (`speedup_est` / `speedup_measured`: the `speedup` column)."""
     return {"speedup_est": "speedup", "speedup_measured": "speedup"}.get(metric, metric)
+
+
+def objective_column(objective: Objective, spec: SweepSpec, columns: list[Column]) -> str:
+    """The key of the column an objective ranks by: the column of the transfer phase it names (a phase's
+    column, or `Objective.key` when the table has none), else objective_key(metric)."""
+    if objective.phase is None:
+        return objective_key(objective.metric)
+    source = (objective.phase + 1, objective.metric)
+    return next((c.key for c in columns if c.source == source), objective.key)
+
+
+def paper_numbers(spec: SweepSpec, dims: list[str]) -> dict[tuple, PaperRow]:
+    """The configurations' `paper` annotations by the row's values of `dims` (the key `pivot` rows have)."""
+    rows = configuration_rows(spec) if spec.sampler.kind == "list" else []
+    return {tuple(row.get(d) for d in dims): paper
+            for row, paper in zip(rows, spec.paper_rows()) if paper is not None}
 
 
 def speedup_kind(records: list[TrialRecord]) -> str:
@@ -148,6 +174,10 @@ class Table:
     number: str = ""  # paper table number ("8", "ablation")
     note: str = ""
     noise: list[NoiseTest] = field(default_factory=list)  # one "vs best" column each
+    paper: dict[tuple, PaperRow] = field(default_factory=dict)  # paper form: dims values -> the paper's row
+
+    def paper_row(self, row: "Row") -> PaperRow | None:
+        return self.paper.get(tuple(row.values.get(d) for d in self.dims))
 
 
 @dataclass
@@ -167,8 +197,9 @@ def _noise_tests(spec: SweepSpec, columns: list[Column]) -> list[NoiseTest]:
         return []
     objective = spec.objectives[0]
     keys = [c.key for c in columns]
-    if objective_key(objective.metric) in keys:
-        return [NoiseTest(objective_key(objective.metric), objective.mode, spec.significance_level)]
+    key = objective_column(objective, spec, columns)
+    if key in keys and not key.startswith("top1_phase"):  # Table 5 tests every phase's top-1, as it shows them
+        return [NoiseTest(key, objective.mode, spec.significance_level)]
     return [NoiseTest(key, "max", spec.significance_level) for key in keys if key.startswith("top1")]
 
 
@@ -178,12 +209,16 @@ def results_table(spec: SweepSpec) -> Table:
     columns = [SPEEDUP, RECON, RECON_ZERO, top1, top5]
     for i, transfer in enumerate(spec.base.transfer[:-1], start=1):
         key = f"top1 {i}:{transfer.mode} {transfer.data.kind}"
-        columns.append(Column(key, key, 2, phase_metric(i, "top1")))
+        columns.append(Column(key, key, 2, phase_metric(i, "top1"), source=(i, "top1")))
     columns += [PRETRAIN_TIME, DATA_WAIT]
-    known = {c.key for c in columns}
-    extra = sorted({objective_key(o.metric) for o in spec.objectives} - known)
-    columns += [Column(key, key, 2, last(key)) for key in extra]
-    objectives = ", ".join(f"{o.metric} ({o.mode})" for o in spec.objectives)
+    for objective in spec.objectives:  # an objective without a column gets one
+        key = objective_column(objective, spec, columns)
+        if key in {c.key for c in columns}:
+            continue
+        value = last(key) if objective.phase is None else phase_metric(objective.phase + 1, objective.metric)
+        source = None if objective.phase is None else (objective.phase + 1, objective.metric)
+        columns.append(Column(key, key, 2, value, source=source))
+    objectives = ", ".join(o.label for o in spec.objectives)
     return Table("results", f"{spec.study}: {{rows}} configurations, ranked by {objectives}",
                  sorted(searched(spec)), columns, ranked=True,
                  note="mean ± sample std over repeats; speed-up = {speedup}; zero-pred loss = the pre-training loss"
@@ -203,8 +238,8 @@ def paper_table(spec: SweepSpec) -> Table:
         phases = []
         for i in range(1, len(spec.base.transfer) + 1):
             label = _phase_label(spec, i)
-            phases += [Column(f"top1_phase{i}", f"{label} Top-1", 2, phase_metric(i, "top1")),
-                       Column(f"top5_phase{i}", f"{label} Top-5", 2, phase_metric(i, "top5"))]
+            phases += [Column(f"top1_phase{i}", f"{label} Top-1", 2, phase_metric(i, "top1"), source=(i, "top1")),
+                       Column(f"top5_phase{i}", f"{label} Top-5", 2, phase_metric(i, "top5"), source=(i, "top5"))]
         number, name, caption, columns = ("5", "table5_transfer",
                                           "Transfer of the pre-trained encoder to each downstream task",
                                           [SPEEDUP] + phases)
@@ -225,10 +260,11 @@ def paper_table(spec: SweepSpec) -> Table:
         number, name, caption, columns = ("ablation", "table_ablation", "Searched settings",
                                           [SPEEDUP, THROUGHPUT, RECON, RECON_ZERO, top1, top5])
     label = f"Table {number}" if number.isdigit() else "Ablation"
+    paper = paper_numbers(spec, dims)
     return Table(name, f"{label} (paper form): {caption} (study {spec.study})", dims, columns, ranked=False,
                  number=number, note="mean ± sample std over n finished seeds; top-1/5 in %; "
-                                     "speed-up = {speedup}.",
-                 noise=_noise_tests(spec, columns))
+                                     "speed-up = {speedup}." + (_PAPER_NOTE if paper else ""),
+                 noise=_noise_tests(spec, columns), paper=paper)
 
 
 # ---- the pivot --------------------------------------------------------------------------------------
@@ -261,7 +297,7 @@ def pivot(records: list[TrialRecord], table: Table, spec: SweepSpec) -> list[Row
             row.mean[column.key], row.std[column.key] = mean_std(row.samples[column.key])
     if table.ranked:
         objective = spec.objectives[0]
-        key, sign = objective_key(objective.metric), (-1 if objective.mode == "max" else 1)
+        key, sign = objective_column(objective, spec, table.columns), (-1 if objective.mode == "max" else 1)
         return sorted(rows.values(), key=lambda row: (row.mean.get(key) is None, sign * (row.mean.get(key) or 0.0),
                                                       describe(row.values)))
     keys = [_dim_order(spec, d) for d in table.dims]
@@ -351,11 +387,47 @@ def text_cells(table: Table, rows: list[Row]) -> tuple[list[str], list[list[str]
                 + [_cell(c, row.mean[c.key], row.std[c.key]) for c in table.columns] + calls[i - 1]
                 + ["*" if i - 1 in front else "", _statuses(row)] for i, row in enumerate(rows, start=1)]
         return header, body
-    header = [_dim_title(table, d) for d in table.dims] + ["n"] + columns + noise
-    body = [[_dim_text(table, d, row.values) for d in table.dims] + [str(len(row.trials))]
-            + [_cell(c, row.mean[c.key], row.std[c.key]) for c in table.columns] + calls[i]
-            for i, row in enumerate(rows)]
+    if not table.paper:
+        header = [_dim_title(table, d) for d in table.dims] + ["n"] + columns + noise
+        body = [[_dim_text(table, d, row.values) for d in table.dims] + [str(len(row.trials))]
+                + [_cell(c, row.mean[c.key], row.std[c.key]) for c in table.columns] + calls[i]
+                for i, row in enumerate(rows)]
+        return header, body
+    header = [_dim_title(table, d) for d in table.dims] + ["paper row", "n"]  # each paper column after ours
+    header += [t for c in table.columns for t in ([c.title] + ([f"paper {c.title}"] if _paper_of(c) else []))] + noise
+    body = []
+    for i, row in enumerate(rows):
+        paper = table.paper_row(row)
+        cells = [_dim_text(table, d, row.values) for d in table.dims] + [_paper_label(paper), str(len(row.trials))]
+        for column in table.columns:
+            cells.append(_cell(column, row.mean[column.key], row.std[column.key]))
+            if _paper_of(column):
+                number = paper_value(paper, column)
+                cells.append("-" if number is None else f"{number:.{column.digits}f}")
+        body.append(cells + calls[i])
     return header, body
+
+
+def _paper_of(column: Column) -> bool:
+    """Whether the paper prints this column (top-1 / top-5 of a transfer phase)."""
+    return column.source is not None and column.source[1] in ("top1", "top5")
+
+
+def paper_value(paper: PaperRow | None, column: Column) -> float | None:
+    """The paper's number for a top-1 / top-5 column (None: no annotation, an extra row, or not printed)."""
+    if paper is None or not _paper_of(column):
+        return None
+    numbers = getattr(paper, column.source[1]) or []
+    index = column.source[0] - 1  # reporting phase i is transfer phase i - 1
+    return numbers[index] if 0 <= index < len(numbers) else None
+
+
+def _paper_label(paper: PaperRow | None) -> str:
+    if paper is None:
+        return "-"
+    if paper.extra is not None:
+        return f"extra: {paper.extra}"
+    return paper.row + (f" (α {paper.alpha:g}, {paper.alpha_reading} reading)" if paper.alpha is not None else "")
 
 
 def heading(table: Table, rows: list[Row]) -> str:
@@ -393,16 +465,22 @@ def _raw(value: float | None) -> str:
 
 def csv_text(table: Table, rows: list[Row]) -> str:
     """Raw numbers at full precision (what the study stores): results form
-    `rank, configuration, runs, <key>_mean, <key>_std, ...`; paper form `<dims>, n, excluded, <key>_mean, <key>_std, ...`."""
+    `rank, configuration, runs, <key>_mean, <key>_std, ...`; paper form
+    `<dims>, n, excluded, <key>_mean, <key>_std, ...` (+ `paper_row, paper_<key>...` where the configurations
+    carry `paper` annotations)."""
     out = io.StringIO()
     writer = csv.writer(out)
     stats = [f"{c.key}_{s}" for c in table.columns for s in ("mean", "std")]
     _, calls = _noise_columns(table, rows)
+    printed = [c for c in table.columns if _paper_of(c)] if table.paper else []
     writer.writerow((["rank", "configuration", "runs"] if table.ranked else table.dims + ["n", "excluded"]) + stats
-                    + [f"vs_best_{t.key}" for t in table.noise])
+                    + [f"vs_best_{t.key}" for t in table.noise]
+                    + (["paper_row"] + [f"paper_{c.key}" for c in printed] if table.paper else []))
     for i, row in enumerate(rows, start=1):
         numbers = [v for c in table.columns for v in (row.mean[c.key], row.std[c.key])]
         lead = ([i, describe(row.values), len(row.trials)] if table.ranked
                 else [row.values[d] for d in table.dims] + [len(row.trials), row.excluded])
-        writer.writerow(lead + [_raw(v) for v in numbers] + calls[i - 1])
+        paper = table.paper_row(row) if table.paper else None
+        tail = ([_paper_label(paper)] + [_raw(paper_value(paper, c)) for c in printed]) if table.paper else []
+        writer.writerow(lead + [_raw(v) for v in numbers] + calls[i - 1] + tail)
     return out.getvalue()

@@ -1,5 +1,8 @@
-"""What the schema cannot see in a sweep file: search paths and values, grid, list and budget, ASHA,
-storage, and every rule of objmae_ray/train/rules.py on the trials the space can produce.
+"""What the schema cannot see in a sweep file: search paths and values, grid, list and budget, ASHA
+(refused with several objectives: it prunes on one metric), storage, objectives (one naming no phase in a
+study with several transfer phases), the rows' `paper` annotations (on every row or none, one number per
+transfer phase, masking.alpha as the annotation's α reading maps it), and every rule of
+objmae_ray/train/rules.py on the trials the space can produce.
 
 `spec_problems(spec, where)` returns one line per problem; `where(loc)` turns a location in the file
 (('search_space', 'alpha'), ('base', 'pretrain', 'data', 'root')) into "FILE:LINE: dotted.path".
@@ -15,7 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from objmae_ray.config import (FixedParam, RangeParam, SweepSpec, TrialConfig, TrialConfigError,
+from objmae_ray.config import (PHASE_METRICS, FixedParam, RangeParam, SweepSpec, TrialConfig, TrialConfigError,
                                trial_from_dict)
 from objmae_ray.method.masking import target_length
 from objmae_ray.sweep.space import (ALPHA, achievable_alphas, asha_milestones, candidates, configuration_rows,
@@ -44,7 +47,8 @@ def spec_problems(spec: SweepSpec, where: Where) -> list[str]:
     problems += _list_problems(spec, where)
     cases = checked_cases(spec, paths)
     return (problems + _alpha_problems(spec, paths, where) + _trial_problems(spec, cases, where)
-            + _metric_problems(spec, cases, where) + _budget_problems(spec, where) + _run_problems(spec, where))
+            + _metric_problems(spec, cases, where) + _objective_problems(spec, where) + _paper_problems(spec, where)
+            + _budget_problems(spec, where) + _run_problems(spec, where))
 
 
 def _search_paths(spec: SweepSpec, where: Where) -> tuple[dict[str, str], list[str]]:
@@ -83,7 +87,7 @@ def _list_problems(spec: SweepSpec, where: Where) -> list[str]:
                 f"or set it in each configuration" for key, param in spec.search_space.items()
                 if not isinstance(param, FixedParam)]
     for i, row in enumerate(spec.configurations):
-        for key in row:
+        for key in row.settings:
             path, problem = resolve_path(key, spec.base)
             if problem:
                 problems.append(f"{where(('configurations', i, key))}: {problem}")
@@ -167,8 +171,61 @@ def distinct_configurations(spec: SweepSpec) -> int | None:
     return count
 
 
+def _phase_list(spec: SweepSpec) -> str:
+    """"0: finetune folder, 1: linear folder, 2: finetune cifar100" (the transfer phases an objective can name)."""
+    return ", ".join(f"{i}: {t.mode} {t.data.kind}" for i, t in enumerate(spec.base.transfer))
+
+
+def _objective_problems(spec: SweepSpec, where: Where) -> list[str]:
+    """An objective on a transfer metric reads one phase: with several transfer phases it must name it."""
+    problems, phases = [], len(spec.base.transfer)
+    for i, objective in enumerate(spec.objectives):
+        if objective.phase is not None and objective.phase >= phases:
+            problems.append(f"{where(('objectives', i, 'phase'))}: no transfer phase {objective.phase} "
+                            f"(base.transfer has {phases}: {_phase_list(spec)})")
+        elif objective.phase is None and objective.metric in PHASE_METRICS and phases > 1:
+            problems.append(f"{where(('objectives', i))}: {objective.metric!r} names no phase, but the study has "
+                            f"{phases} transfer phases ({_phase_list(spec)}): say which one it ranks by, e.g. "
+                            f"{{metric: {objective.metric}, mode: {objective.mode}, phase: 0}}")
+    return problems
+
+
+def _paper_problems(spec: SweepSpec, where: Where) -> list[str]:
+    """`paper` annotations: on every row or none, one number per transfer phase, and masking.alpha as the
+    annotation's α reads (side: α, region: α / 2; README "What alpha means")."""
+    annotated = [i for i, row in enumerate(spec.configurations) if row.paper is not None]
+    if not annotated or spec.sampler.kind != "list" or _list_problems(spec, lambda loc: ""):
+        return []
+    problems = [f"{where(('configurations', i))}: no `paper` annotation, but other rows have one: say which "
+                f"paper row it reproduces, or `paper: {{table: N, extra: REASON}}`"
+                for i in range(len(spec.configurations)) if i not in annotated]
+    phases = len(spec.base.transfer)
+    rows = configuration_rows(spec)
+    base = spec.base.model_dump()
+    for i in annotated:
+        paper = spec.configurations[i].paper
+        for name in ("top1", "top5"):
+            numbers = getattr(paper, name)
+            if numbers is not None and len(numbers) != phases:
+                problems.append(f"{where(('configurations', i, 'paper', name))}: {len(numbers)} number(s) for "
+                                f"{phases} transfer phase(s) ({_phase_list(spec)}): give one per phase, null "
+                                f"where the paper has none")
+        expected = paper.masking_alpha()
+        alpha = rows[i].get(ALPHA, get_path(base, ALPHA))
+        if expected is not None and not math.isclose(float(alpha), expected, rel_tol=1e-9):
+            problems.append(f"{where(('configurations', i, 'paper', 'alpha_reading'))}: the paper's α "
+                            f"{paper.alpha:g} read as {paper.alpha_reading!r} is masking.alpha {expected:g}, "
+                            f"but this row runs masking.alpha {alpha:g}")
+    return problems
+
+
 def _run_problems(spec: SweepSpec, where: Where) -> list[str]:
     problems: list[str] = []
+    if spec.scheduler.kind == "asha" and len(spec.objectives) > 1:
+        problems.append(f"{where(('scheduler', 'kind'))}: ASHA prunes on scheduler.metric "
+                        f"{spec.scheduler.metric!r} alone, but the study has {len(spec.objectives)} objectives "
+                        f"({', '.join(o.key for o in spec.objectives)}): it would stop trials that are "
+                        f"Pareto-optimal on the others; use scheduler: {{kind: fifo}} or a single objective")
     if spec.scheduler.kind == "asha":
         grace, max_t = asha_milestones(spec)
         if grace >= max_t:
@@ -193,7 +250,7 @@ def checked_cases(spec: SweepSpec, paths: dict[str, str] | None = None) -> list[
             return []
         cases = []
         for i, (row, written) in enumerate(zip(configuration_rows(spec), spec.configurations)):
-            keys = {resolve_path(k, spec.base)[0]: k for k in written}
+            keys = {resolve_path(k, spec.base)[0]: k for k in written.settings}
             cases.append(Case(row, {p: (("configurations", i, keys[p]), keys[p]) for p in row if p in keys}))
         return cases
     options = {key: candidates(spec.search_space[key]) for key in paths}

@@ -5,7 +5,13 @@ Cluster YAMLs (`cluster/gpu.yaml`, `cluster/onprem.yaml`): Ray's own schema does
 we require what objmae-ray relies on: every worker type declares integer `CPU` and `GPU` resources
 explicitly; the head trains nothing (`CPU: 0`) but hosts the trials' light drivers (`objmae_driver`); and
 every node starts with token authentication (`RAY_AUTH_MODE=token` on each `ray start`, the token shipped
-through `file_mounts`, never written into the file). No cloud API is called.
+through `file_mounts`, never written into the file). On AWS (`aws_problems`, one line per problem): every
+node type pins its `ImageId` (Ray's default AMI has a CUDA 11.2 driver that cannot run the pinned torch);
+the head's `IamInstanceProfile` is one documented as able to launch workers (`objmae-ray-head`, made by
+cluster/iam/create_roles.sh with cluster/iam/head-policy.json, or Ray's own `ray-autoscaler-v1`), and a
+worker type names only the profile that policy lets the head pass (`objmae-ray-worker`); and every
+`pip install` of the setup commands (Ray's defaults included) uses a constraints file (`-c
+constraints/lock.txt`), so every node installs the same versions. No cloud API is called.
 
 Capacity: a trial needs `num_workers` bundles of {CPU: cpus_per_worker, GPU: gpus_per_worker if use_gpu}.
 `NodeType`s say what a cluster can bring up: the types of its autoscaling config x `max_workers`
@@ -17,6 +23,7 @@ needs a scale-up waits for.
 from __future__ import annotations
 
 import re
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +38,14 @@ DRIVER_RESOURCE = "objmae_driver"
 # Where Ray looks for the token when neither RAY_AUTH_TOKEN nor RAY_AUTH_TOKEN_PATH is set (ray get-auth-token --generate writes it).
 TOKEN_FILE = ".ray/auth_token"
 _TOKEN_PATH_ENV = re.compile(r"RAY_AUTH_TOKEN_PATH=([^\s;]+)")
+# Instance profiles documented as able to launch workers: HEAD_PROFILE (cluster/iam/create_roles.sh, with
+# cluster/iam/head-policy.json) and Ray's default (made by `ray up` when the head names no profile:
+# AmazonEC2FullAccess + AmazonS3FullAccess, wider than needed). HEAD_PROFILE may pass WORKER_PROFILE only.
+HEAD_PROFILE = "objmae-ray-head"
+WORKER_PROFILE = "objmae-ray-worker"
+RAY_DEFAULT_PROFILE = "ray-autoscaler-v1"
+CONSTRAINTS_FILE = "constraints/lock.txt"  # refreshed by scripts/lock.sh
+SETUP_KEYS = ("initialization_commands", "setup_commands", "head_setup_commands", "worker_setup_commands")
 
 
 @dataclass(frozen=True)
@@ -62,6 +77,9 @@ def load_cluster_config(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: {where}: {reason}") from None
     _check_resources(path, config)
     _check_token_auth(path, config)
+    problems = aws_problems(config) + pip_problems(raw)
+    if problems:
+        raise ConfigError("\n".join(f"{path}: {problem}" for problem in problems))
     return config
 
 
@@ -110,6 +128,136 @@ def _same_remote_path(dest: str, wanted: str) -> bool:
     def norm(p: str) -> str:
         return re.sub(r"^(~|/home/[^/]+|/root)/", "~/", p.rstrip("/"))
     return norm(dest) == norm(wanted)
+
+
+# ---- AWS: image, instance profiles; pinned installs ----------------------------------------------------
+def _profile_name(profile: Any) -> str | None:
+    """The instance profile's name from `IamInstanceProfile: {Name: ...}` or `{Arn: ...:instance-profile/NAME}`."""
+    if not isinstance(profile, dict):
+        return str(profile) if profile else None
+    return str(profile.get("Name") or str(profile.get("Arn", "")).rsplit("/", 1)[-1]) or None
+
+
+def aws_problems(config: dict[str, Any]) -> list[str]:
+    """What keeps an AWS cluster of this config from starting GPU workers that train: a node type without a
+    pinned `ImageId`, a head profile not documented as able to launch workers, a worker profile that head
+    cannot pass. [] for other providers. One line each, naming the field."""
+    if config["provider"]["type"] != "aws":
+        return []
+    from ray.autoscaler._private.aws.config import DEFAULT_AMI_NAME
+
+    problems = []
+    head = config["head_node_type"]
+    types = config["available_node_types"]
+    for name, node in types.items():
+        image = str(node.get("node_config", {}).get("ImageId", "")).strip()
+        if image.lower() in ("", "latest_dlami"):
+            problems.append(
+                f"available_node_types/{name}/node_config/ImageId: missing, so Ray boots its default "
+                f"'{DEFAULT_AMI_NAME}' (CUDA 11.2 driver), which cannot run the pinned torch; set the Deep Learning "
+                f"Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) of the region (README, On a GPU cluster)")
+    head_config = types[head].get("node_config", {})
+    head_profile = _profile_name(head_config.get("IamInstanceProfile"))
+    if head_profile not in (None, HEAD_PROFILE, RAY_DEFAULT_PROFILE):
+        problems.append(
+            f"available_node_types/{head}/node_config/IamInstanceProfile: '{head_profile}' is not documented as able "
+            f"to launch workers; use {HEAD_PROFILE} (cluster/iam/create_roles.sh) or leave it out for Ray's "
+            f"{RAY_DEFAULT_PROFILE}")
+    if head_profile == HEAD_PROFILE:
+        for name, node in types.items():
+            profile = node.get("node_config", {}).get("IamInstanceProfile")
+            if name != head and profile is not None and _profile_name(profile) != WORKER_PROFILE:
+                problems.append(
+                    f"available_node_types/{name}/node_config/IamInstanceProfile: '{_profile_name(profile)}' cannot "
+                    f"be passed by the head's {HEAD_PROFILE} (cluster/iam/head-policy.json allows {WORKER_PROFILE} "
+                    f"only)")
+        if "cloudwatch" in config["provider"]:
+            problems.append(f"provider/cloudwatch: {HEAD_PROFILE} (cluster/iam/head-policy.json) does not cover Ray's "
+                            f"CloudWatch calls; leave it out or give the head {RAY_DEFAULT_PROFILE}")
+    return problems
+
+
+def _setup_commands(raw: dict[str, Any]) -> list[tuple[str, str]]:
+    """(field, command) for every setup command a node runs: the file's own, Ray's defaults for the keys it
+    leaves out (AWS's default head_setup_commands runs `pip install 'boto3>=1.4.8'`), and per node type."""
+    from ray.autoscaler._private.util import _get_default_config
+
+    defaults = _get_default_config(raw.get("provider", {}))
+    found = []
+    for key in SETUP_KEYS:
+        own = key in raw
+        for i, command in enumerate(raw[key] if own else defaults.get(key) or []):
+            found.append((f"{key}/{i}" if own else f"{key} (Ray's default, the file sets none)", str(command)))
+    for name, node in (raw.get("available_node_types") or {}).items():
+        for key in ("initialization_commands", "worker_setup_commands"):
+            for i, command in enumerate(node.get(key) or []):
+                found.append((f"available_node_types/{name}/{key}/{i}", str(command)))
+    return found
+
+
+_SHELL_SEPARATORS = re.compile(r"&&|\|\||[;|\n]")
+_PIP_VALUE_OPTIONS = {"-c", "--constraint", "-r", "--requirement", "-e", "--editable", "-i", "--index-url",
+                      "--extra-index-url", "-f", "--find-links", "-t", "--target", "--prefix", "--root", "--src",
+                      "--upgrade-strategy", "--cache-dir", "--log", "--progress-bar", "--python-version",
+                      "--platform", "--implementation", "--abi", "--no-binary", "--only-binary", "-C",
+                      "--config-settings", "--trusted-host", "--proxy", "--timeout", "--retries"}
+
+
+def _unpinned(args: list[str]) -> list[str]:
+    """What one `pip install ARGS` would install unpinned: [] when it uses a constraints file, else its
+    requirements that are not `==` pins, plus any -e/-r/path install (their dependencies float)."""
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    loose, no_deps, constrained, i = [], False, False, 0
+    while i < len(args):
+        arg = args[i]
+        option = arg.split("=", 1)[0] if arg.startswith("--") else arg[:2] if arg.startswith("-") else None
+        if option in ("-c", "--constraint"):
+            constrained = True
+        if arg == "--no-deps":
+            no_deps = True
+        elif option in _PIP_VALUE_OPTIONS:
+            value = (arg.split("=", 1)[1] if "=" in arg else None) if arg.startswith("--") else (arg[2:] or None)
+            if value is None:
+                i += 1
+                value = args[i] if i < len(args) else ""
+            if option in ("-e", "--editable", "-r", "--requirement"):
+                loose.append(f"{option} {value}")
+        elif option is None:
+            try:
+                requirement = Requirement(arg)
+                pinned = [s.operator for s in requirement.specifier] in (["=="], ["==="]) and "*" not in str(
+                    requirement.specifier)
+                if not pinned or not no_deps:
+                    loose.append(arg)
+            except InvalidRequirement:  # a path or URL: its dependencies float
+                loose.append(arg)
+        i += 1
+    return [] if constrained else loose
+
+
+def pip_problems(raw: dict[str, Any]) -> list[str]:
+    """Setup commands whose `pip install` would install whatever is newest when a node boots (no `-c`
+    constraints file, and not every requirement an `==` pin with --no-deps). One line each, naming the field."""
+    problems = []
+    for field, command in _setup_commands(raw):
+        for part in _SHELL_SEPARATORS.split(command.replace("\\\n", " ")):  # joined continuation lines
+            try:
+                words = shlex.split(part)
+            except ValueError:
+                continue
+            for i in range(len(words) - 1):
+                # pip as the command itself (after VAR=value, sudo), or run by `python -m` / `uv`
+                runs_pip = words[i - 1] in ("-m", "uv") or all("=" in w or w in ("env", "sudo") for w in words[:i])
+                if runs_pip and re.fullmatch(r"pip[0-9.]*", Path(words[i]).name) and words[i + 1] == "install":
+                    loose = _unpinned(words[i + 2:])
+                    if loose:
+                        problems.append(
+                            f"{field}: `pip install` of {', '.join(loose)} without a constraints file installs "
+                            f"whatever is newest when each node boots; add -c <checkout>/{CONSTRAINTS_FILE} "
+                            f"(refreshed by scripts/lock.sh)")
+                    break
+    return problems
 
 
 # ---- node types ------------------------------------------------------------------------------------------
@@ -264,7 +412,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             config = load_cluster_config(arg)
         except ConfigError as err:
-            print(f"error: {err}", file=sys.stderr)
+            for line in str(err).splitlines():  # one line per problem
+                print(f"error: {line}", file=sys.stderr)
             status = 1
             continue
         print(f"{arg}: ok ({', '.join(f'{n} {r}' for n, r in worker_types(config).items())})")

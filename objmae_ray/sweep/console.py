@@ -58,7 +58,7 @@ class TrialEvents(tune.Callback):
     """One console line per trial event (see the module docstring)."""
 
     def __init__(self, spec: SweepSpec, echo: Callable[[str], None] = print):
-        self.objectives = [o.metric for o in spec.objectives]
+        self.objectives = [o.key for o in spec.objectives]  # phase_key where an objective names its phase
         self.paths = list(searched(spec))
         # Tune pickles its callbacks with the experiment state; the built-in print pickles by reference and
         # fails once Ray has swapped builtins.print (ray.experimental.tqdm_ray does): look it up when used
@@ -131,10 +131,10 @@ class _StatusTable(tune.CLIReporter):
 def status_reporter(spec: SweepSpec, interval_s: float = TABLE_INTERVAL_S) -> tune.CLIReporter:
     """Tune's status table of the sweep: searched values and objectives, sorted by the first objective."""
     first = spec.objectives[0]
-    metrics = {o.metric: o.metric for o in spec.objectives} | {"training_iteration": "reports"}
+    metrics = {o.key: o.key for o in spec.objectives} | {"training_iteration": "reports"}
     return _StatusTable(parameter_columns={p: short_name(p) for p in searched(spec)}, metric_columns=metrics,
                         max_report_frequency=interval_s, print_intermediate_tables=True, sort_by_metric=True,
-                        metric=first.metric, mode=first.mode, max_column_length=12)
+                        metric=first.key, mode=first.mode, max_column_length=12)
 
 
 @contextlib.contextmanager

@@ -77,9 +77,9 @@ class Plan:
         space, checks and storage lines."""
         dims = [f"  {key} ({path}): {describe_param(spec.search_space[key])}"
                 for key, path in search_paths(spec).items()]
-        dims += [f"  configurations.{i}: " + ", ".join(f"{k}={v!r}" for k, v in row.items())
-                 for i, row in enumerate(spec.configurations)]
-        objectives = ", ".join(f"{o.metric} ({o.mode})" for o in spec.objectives)
+        dims += [f"  configurations.{i}: " + ", ".join(f"{k}={v!r}" for k, v in row.settings.items())
+                 + (f"  [{row.paper.describe()}]" if row.paper else "") for i, row in enumerate(spec.configurations)]
+        objectives = ", ".join(o.label for o in spec.objectives)
         sched = spec.scheduler.kind
         if sched == "asha":
             grace, max_t = asha_milestones(spec)

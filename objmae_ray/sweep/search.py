@@ -149,9 +149,10 @@ def build_sampler(spec: SweepSpec) -> optuna.samplers.BaseSampler:
 
 def build_search(spec: SweepSpec, storage: optuna.storages.BaseStorage | None = None,
                  study_name: str | None = None) -> ConcurrencyLimiter:
-    """OptunaSearch over the spec's objectives (+ repeats), limited to spec.concurrency live trials; the
+    """OptunaSearch over the spec's objectives (their report keys, `Objective.key`) (+ repeats), limited to
+    spec.concurrency live trials; the
     study (named study_name, default spec.study) lives in `storage` (default: Optuna's in-memory storage)."""
-    metrics = [o.metric for o in spec.objectives]
+    metrics = [o.key for o in spec.objectives]  # phase_key(metric, phase) where an objective names its phase
     modes = [o.mode for o in spec.objectives]
     multi = len(metrics) > 1
     points = configuration_rows(spec) if spec.sampler.kind == "list" else None

@@ -74,8 +74,8 @@ def configuration_rows(spec: SweepSpec) -> list[dict[str, Any]]:
     """sampler list: each row of `configurations` as {dotted path: value}, with every path any row names
     (a row that leaves one out gets the base trial's value). Keys that do not resolve are left out (the
     checks report them)."""
-    resolved = [{resolve_path(k, spec.base)[0]: v for k, v in row.items() if resolve_path(k, spec.base)[1] is None}
-                for row in spec.configurations]
+    resolved = [{resolve_path(k, spec.base)[0]: v for k, v in row.settings.items()
+                 if resolve_path(k, spec.base)[1] is None} for row in spec.configurations]
     paths = list(dict.fromkeys(path for row in resolved for path in row))
     base = base_trial(spec).model_dump()
     return [{path: row[path] if path in row else get_path(base, path) for path in paths} for row in resolved]

@@ -229,7 +229,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, name: str | None =
             save_spec(spec, path)
             tuner = build_tuner(spec, name=name, storage=storage, trainable=trainable, study=study,
                                 callbacks=sweep_callbacks(spec, path, echo), autoscaling=autoscaling)
-            name_objectives(study, name, [o.metric for o in spec.objectives])
+            name_objectives(study, name, [o.key for o in spec.objectives])
         echo(f"{'resuming' if resume else 'running'} {path} (worker output: {join(path, WORKER_LOG)})")
         echo(f"Optuna study {name}: {safe_url(study_url(spec, path))}; live view: objmae-sweep dashboard {path}")
         return path, _fit(tuner, spec, path)

@@ -17,7 +17,9 @@ fallback / fallback_frac (images that had no eligible object), what alpha did in
 (means per image: encoder_seen_frac = distinct patches the encoder sees / N, target_real_frac = target
 slots holding a target-region patch, padded_frac = slots beyond the region whatever the padding mode put
 there, alpha_effective = L / N), lr, loop_start_at / first_step_at (unix times this worker group entered
-the train loop / made its first optimiser step), report_time_s (seconds this worker process spent in
+the train loop / made its first optimiser step), transfer<i>_<metric> (phase_key: transfer phase i's latest
+top1 / top5 / val_loss / train_loss, 0.0 until that phase reports, so the last report holds each phase's
+final value: what an objective naming `phase: i` optimises), report_time_s (seconds this worker process spent in
 earlier reports: checkpoint write + upload + Ray's report), done (True on the last report).
 A checkpoint (checkpoint.py layout) goes with every report when checkpoint_every = 1, else every
 `checkpoint_every` epochs and at the end of every phase.
@@ -58,7 +60,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from objmae_ray.config import PhaseOptim, TrialConfig, trial_from_dict
+from objmae_ray.config import PHASE_METRICS, PhaseOptim, TrialConfig, phase_key, trial_from_dict
 from objmae_ray.data import (TimedLoader, build_classification_dataset, build_packed_loader, build_pretrain_dataset,
                              low_label_positions)
 from objmae_ray.errors import ConfigError
@@ -183,6 +185,11 @@ class TrialRun:
         self.pretrain_time_s = state.get("pretrain_time_s", 0.0)
         self.recon_loss = state.get("recon_loss", float("nan"))  # NaN until a pre-train epoch ran (scratch: never)
         self.speedup_measured = state.get("speedup_measured", float("nan"))
+        # phase_key(metric, i) -> transfer phase i's latest value; 0.0 until the phase reports (Tune checks that
+        # every report holds the searcher's metrics, as for top1 during pre-training)
+        self.phase_values: dict[str, float] = {phase_key(m, i): 0.0 for i in range(len(cfg.transfer))
+                                               for m in PHASE_METRICS}
+        self.phase_values.update(state.get("phase_values", {}))
         self.baseline_s: float | None = None
         self.precision = Precision(cfg.precision, worker.device)  # autocast + the fp16 loss scaler
         if self.resume:
@@ -303,7 +310,9 @@ class TrialRun:
         start = time.perf_counter()
         _, name, phase = self.phases[phase_index]
         last_epoch = epoch + 1 == phase.epochs
-        metrics = {**metrics, "phase": name, "phase_index": phase_index, "epoch": epoch,
+        if phase_index > 0:  # this transfer phase's latest values, carried by every later report
+            self.phase_values.update({phase_key(m, phase_index - 1): metrics[m] for m in PHASE_METRICS if m in metrics})
+        metrics = {**metrics, **self.phase_values, "phase": name, "phase_index": phase_index, "epoch": epoch,
                    "recon_loss": self.recon_loss, "pretrain_time_s": self.pretrain_time_s,
                    "speedup_est": self.speedup, "speedup_measured": self.speedup_measured,
                    "loop_start_at": self.loop_start_at,
@@ -318,7 +327,8 @@ class TrialRun:
                                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                "rng": rng_state(), "scaler": self.precision.state_dict(),
                                "pretrain_time_s": self.pretrain_time_s,
-                               "recon_loss": self.recon_loss, "speedup_measured": self.speedup_measured}
+                               "recon_loss": self.recon_loss, "speedup_measured": self.speedup_measured,
+                               "phase_values": dict(self.phase_values)}
                 save_checkpoint(directory, objmae=self.objmae, classifier=classifier, train_state=train_state,
                                 config=self.cfg, metrics=metrics)
             self.worker.report(metrics, str(directory) if due else None, checkpoint_name)
@@ -415,7 +425,8 @@ class TrialRun:
             classifier.load_state_dict(resume["classifier"])
         model = self.worker.prepare_model(classifier)
         optimizer = build_optimizer(trainable_module(classifier, name), phase, global_batch=global_batch,
-                                    layer_decay=phase.layer_decay if name == "finetune" else None)
+                                    layer_decay=cfg.transfer_layer_decay(phase_index - 1) if name == "finetune"
+                                    else None)
         scheduler = build_lr_schedule(optimizer, phase, updates_per_epoch=len(loader))
         if resume:
             optimizer.load_state_dict(resume["train_state"]["optimizer"])
