@@ -3,6 +3,7 @@
   objmae-sweep FILE | validate FILE    objmae_ray/sweep (then the results table and report: objmae_ray/results)
   objmae-sweep status [RUN | STORAGE]  objmae_ray/results/status.py (no Ray)
   objmae-sweep dashboard RUN           optuna-dashboard on the run's stored study (objmae_ray/sweep/study.py)
+  objmae-sweep doctor [--trial F]      this node's preflight (objmae_ray/sweep/doctor.py)
   objmae-export RUN_DIR --out DIR      objmae_ray/results/export.py
   objmae-report RUN_DIR                objmae_ray/results/page.py
   objmae-data ...                      objmae_ray/data/cli.py
@@ -209,7 +210,40 @@ def _dashboard_main(argv: list[str]) -> int:
     return 0
 
 
-_SWEEP_COMMANDS = {"status": _status_main, "dashboard": _dashboard_main}
+def _doctor_main(argv: list[str]) -> int:
+    """`objmae-sweep doctor [--trial FILE | --sweep FILE] [--storage PATH] [--expect-gpus N]`: this node's
+    preflight (objmae_ray/sweep/doctor.py); exit 1 when a check fails, each failure one line with its fix."""
+    parser = argparse.ArgumentParser(prog="objmae-sweep doctor", description=_doctor_main.__doc__)
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--trial", default=None, metavar="FILE", help="a TrialConfig YAML whose data to check")
+    source.add_argument("--sweep", default=None, metavar="FILE", help="a sweep file (its base trial is checked)")
+    parser.add_argument("--storage", default=None, help="storage path to check: local dir, NFS or s3://bucket/prefix")
+    parser.add_argument("--expect-gpus", type=int, default=None, metavar="N",
+                        help="GPUs this node declares (its node type's GPU resource); default: the GPU of "
+                             "RAY_OVERRIDE_RESOURCES (set by `ray up` for worker_start_ray_commands), else not compared")
+    parser.add_argument("--min-shm-gb", type=float, default=None, metavar="GB",
+                        help="free /dev/shm required (default: what the trial's loader workers need)")
+    args = parser.parse_args(argv)
+    from objmae_ray.config import TrialConfig
+    from objmae_ray.sweep.doctor import declared_gpus, node_checks, node_name  # torch: only for this command
+    from objmae_ray.train.trial import load_trial_config
+
+    try:
+        cfg = load_trial_config(args.trial) if args.trial else \
+            base_trial(load_spec(args.sweep)) if args.sweep else TrialConfig()
+        expect = args.expect_gpus if args.expect_gpus is not None else declared_gpus()
+        checks = node_checks(cfg, storage=args.storage, expect_gpus=expect,
+                             min_shm_bytes=None if args.min_shm_gb is None else int(args.min_shm_gb * 2**30))
+    except ConfigError as err:
+        return _print_problems(err)
+    node = node_name()
+    print(f"objmae-sweep doctor on {node}")
+    for check in checks:
+        print(check.line(node), file=sys.stdout if check.ok else sys.stderr)
+    return 0 if all(check.ok for check in checks) else 1
+
+
+_SWEEP_COMMANDS = {"status": _status_main, "dashboard": _dashboard_main, "doctor": _doctor_main}
 
 
 def _run_parser(prog: str, description: str) -> argparse.ArgumentParser:

@@ -173,7 +173,10 @@ class TrialConfig(_Strict):
     resources: ResourcesConfig = ResourcesConfig()
     checkpoint_every: Optional[int] = Field(None, gt=0)  # epochs between checkpoints; None: by wall time
     checkpoint_minutes: float = Field(15.0, gt=0)  # without checkpoint_every: a checkpoint once this much time passed
-    max_failures: int = Field(1, ge=0)  # Ray Train FailureConfig: worker-group restarts from the latest checkpoint
+    # fault tolerance (train/failures.py TrialFailurePolicy): both restart the workers from the latest checkpoint
+    max_failures: int = Field(1, ge=0)  # errors raised by the trial's code (a bug, NaN loss) retried
+    max_restarts: int = Field(100, ge=0)  # worker or node losses (spot reclaim, killed process) recovered from
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # train/precision.py; auto: bf16, else fp16 + loss scaling
 
     def transfer_layer_decay(self, index: int) -> float:
         """Layer-wise lr decay of transfer phase `index`: its `layer_decay`, else PAPER_LAYER_DECAY after

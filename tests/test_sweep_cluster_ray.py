@@ -547,3 +547,38 @@ def test_dashboard_train_runs_show_every_running_trial(ray_session, ray_cluster,
     lines = text.splitlines()
     assert dashboard_line in lines
     assert "`ray get-auth-token`" in lines[lines.index(dashboard_line) + 1]
+
+
+# ---- storage every node shares ----------------------------------------------------------------------------
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_sweep_refuses_a_local_storage_a_worker_node_cannot_see(ray_session, ray_cluster, tmp_path):
+    """The session's nodes share this machine's disk: the node preflight passes on both worker nodes (the
+    CPU-0 head runs no workers and is not asked). A node added with its own disk (OBJMAE_NODE_ROOT: it sees
+    absolute paths under another root, as a node without the NFS mount would) cannot read the marker the
+    driver writes: the sweep is refused in one line naming --storage and that node, before any trial."""
+    from objmae_ray.errors import ConfigError
+    from objmae_ray.sweep.doctor import check_nodes
+    from objmae_ray.sweep.tuner import run_sweep
+
+    spec = load_spec(sweep_file(tmp_path, "shared", cpus_per_worker=1,
+                                extra="search_space:\n  padding: {choices: [zero, random]}\n"))
+    storage = tmp_path / "runs"
+    lines: list[str] = []
+    check_nodes(base_trial(spec), str(storage), echo=lines.append)
+    assert lines == ["node preflight: 2 node(s) passed (precision auto -> fp32 (CPU))"]
+    own_disk = tmp_path / "own-disk"
+    lonely = ray_cluster.add_node(num_cpus=1, env_vars={"OBJMAE_NODE_ROOT": str(own_disk)})
+    ray_cluster.wait_for_nodes()
+    try:
+        with pytest.raises(ConfigError) as refused:
+            run_sweep(spec, storage=str(storage), name="refused", echo=lines.append)
+    finally:
+        ray_cluster.remove_node(lonely)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert message.startswith(f"--storage {storage}: node ")
+    assert f"node id {lonely.node_id[:12]}) cannot read the marker the sweep driver wrote at {storage}/" in message
+    assert message.endswith("; use --storage s3://bucket/prefix, or a path on an NFS mount that every node shares")
+    assert (own_disk / str(storage).lstrip("/")).is_dir()  # the node wrote its probe on its own disk
+    assert not list((storage / "refused").glob("trial_*")) and not (storage / "refused" / "sweep.yaml").exists()

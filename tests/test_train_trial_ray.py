@@ -114,3 +114,41 @@ def test_non_finite_loss_fails_the_trial_with_one_line(ray_session, synthetic_ro
         run_trial(TrialConfig.model_validate(body), str(tmp_path), "nan")
     assert "\n" not in str(err.value)
     assert str(err.value).startswith("trial nan: NonFiniteLossError: pretrain: loss is nan at epoch 0 step 1;")
+
+
+def test_three_worker_losses_in_one_trial_each_redo_at_most_one_checkpoint_interval(ray_session, synthetic_root,
+                                                                                     tmp_path):
+    """Rank 0 is SIGKILLed three times in one trial (pre-train epoch 1 before any checkpoint, pre-train epoch 3,
+    fine-tune epoch 0) with checkpoints every 2 epochs and no error retries (max_failures 0): the trial
+    finishes, and each restart begins at the epoch after the latest checkpoint."""
+    body = ray_config(synthetic_root).model_dump()
+    body["pretrain"]["epochs"] = 4
+    body.update(checkpoint_every=2, max_failures=0)
+    marker, dump = tmp_path / "killed", tmp_path / "dump"
+    dump.mkdir()
+    hooks = {"kill_at": [["pretrain", 1, 1], ["pretrain", 3, 2], ["finetune", 0, 1]], "kill_marker": str(marker),
+             "param_dump_dir": str(dump)}
+    metrics = run_trial(TrialConfig.model_validate(body), str(tmp_path / "storage"), "reclaimed", hooks=hooks)
+    assert metrics["done"] is True and metrics["phase"] == "linear"
+    assert [line.split(" at ")[1] for line in marker.read_text().splitlines()] == \
+           ["pretrain epoch 1 step 1", "pretrain epoch 3 step 2", "finetune epoch 0 step 1"]
+    epochs = read_epochs_log(dump)
+    # attempt 1: e0 (no checkpoint yet) | 2: e0 e1 [ckpt] e2 | 3: e2 e3 [ckpt, phase end] | 4: fine-tune, linear
+    assert [(phase, epoch) for _, phase, epoch, _ in epochs] == \
+           [(0, 0), (0, 0), (0, 1), (0, 2), (0, 2), (0, 3), (1, 0), (2, 0)]
+    pids = [pid for *_, pid in epochs]
+    assert [pids.index(pid) for pid in dict.fromkeys(pids)] == [0, 1, 4, 6]  # four worker processes
+
+
+def test_an_error_in_the_trial_is_retried_max_failures_times_then_fails(ray_session, synthetic_root, tmp_path):
+    """A RuntimeError raised by the trial's code at every attempt: 1 + max_failures (2) attempts, then a
+    one-line TrialError naming it (worker losses have their own budget, max_restarts)."""
+    body = ray_config(synthetic_root).model_dump()
+    body.update(max_failures=2, max_restarts=100)
+    marker = tmp_path / "raised"
+    hooks = {"raise_at": ["pretrain", 0, 1], "kill_marker": str(marker)}
+    with pytest.raises(TrialError) as err:
+        run_trial(TrialConfig.model_validate(body), str(tmp_path / "storage"), "bug", hooks=hooks)
+    assert len(marker.read_text().splitlines()) == 3
+    assert "\n" not in str(err.value)
+    assert "RuntimeError: injected error at pretrain epoch 0 step 1" in str(err.value)

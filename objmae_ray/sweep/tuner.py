@@ -6,6 +6,9 @@
   build_tuner / restore_tuner  tune.Tuner with the searcher and scheduler of objmae_ray/sweep/search.py
   connect                      join a cluster or start a local Ray with the dashboard (Train state tracking on)
   check_cluster                the trial's workers against the node types the cluster can bring up
+  check_nodes (sweep/doctor.py) every node that can run the workers: CUDA, GPUs, /dev/shm, data, and the
+                               storage the driver writes is the one they read (a local path on a
+                               multi-node cluster that a worker node does not share is refused)
   preflight                    what must hold before Ray starts: storage reachable with these credentials,
                                the Optuna study database opens, mlflow importable when tracking asks for it
   open_study / sweep_callbacks the study's storage (objmae_ray/sweep/study.py) and the driver's Tune callbacks:
@@ -37,6 +40,7 @@ from objmae_ray.config import SweepSpec
 from objmae_ray.errors import ConfigError
 from objmae_ray.sweep.cluster import DRIVER_RESOURCE, capacity_problems, cluster_node_types, waiting_for_nodes
 from objmae_ray.sweep.console import TrialEvents, route_worker_output, status_reporter, tune_console
+from objmae_ray.sweep.doctor import check_nodes
 from objmae_ray.sweep.heartbeat import RunHeartbeat
 from objmae_ray.sweep.monitor import SweepMetrics, local_session_dir, monitoring_line
 from objmae_ray.sweep.plan import plan
@@ -223,6 +227,7 @@ def run_sweep(spec: SweepSpec, *, address: str | None = None, name: str | None =
         if not address:  # a local Ray: this machine serves its metrics (a cluster's head serves its own)
             echo(monitoring_line(local_session_dir()))
         autoscaling = check_cluster(spec, echo)
+        check_nodes(base_trial(spec), storage_uri(storage or spec.storage), echo)  # before any trial
         route_worker_output(local_dir(path) / WORKER_LOG, verbose=verbose)
         if resume:
             tuner = restore_tuner(spec, path, trainable)

@@ -4,7 +4,8 @@ Layout of one checkpoint directory:
   objmae.safetensors      ObjMAE state dict (encoder + decoder), always
   classifier.safetensors  timm classifier state dict, once a transfer phase has started
   train_state.pt          phase / epoch / update counters, optimizer + scheduler state, RNG states,
-                          cumulative pre-train time; loads with `torch.load(weights_only=True)`
+                          cumulative pre-train time, the fp16 loss scaler (train/precision.py); loads with
+                          `torch.load(weights_only=True)`
   trial_config.json       the TrialConfig
   metrics.json            the metrics of the report that carried this checkpoint
 """

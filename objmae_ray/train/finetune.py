@@ -24,7 +24,8 @@ from torch import Tensor, nn
 
 from objmae_ray.config import ModelConfig, TransferConfig
 from objmae_ray.method.model import create_vit_classifier
-from objmae_ray.train.pretrain import (EpochLoss, EpochStats, StepHook, all_reduce_sums, autocast, micro_batches,
+from objmae_ray.train.precision import Precision
+from objmae_ray.train.pretrain import (EpochLoss, EpochStats, StepHook, all_reduce_sums, micro_batches,
                                       sync_unless_last)
 
 def build_classifier(model_cfg: ModelConfig, transfer: TransferConfig, *, num_classes: int,
@@ -81,12 +82,14 @@ class ClassificationLoss:
 def train_classifier_epoch(model: nn.Module, loader: Iterable, optimizer: torch.optim.Optimizer, scheduler, *,
                            phase: str, epoch: int, first_update: int, device: torch.device,
                            loss_fn: ClassificationLoss | None = None, on_step: StepHook | None = None,
-                           accum_steps: int = 1) -> EpochStats:
+                           accum_steps: int = 1, precision: Precision | None = None) -> EpochStats:
     """One pass of training over `loader` of (images [B, 3, H, W], labels [B]); `loss_fn` default: plain
-    cross-entropy. `accum_steps` > 1: the (mixed) batch runs as that many micro-batches, each loss weighted by
-    its share of the images, one update per batch: the full batch's update, except that drop path draws
-    per micro-batch and a linear probe's BatchNorm sees micro-batch statistics."""
+    cross-entropy; `precision` default: "auto" on `device` (train/precision.py). `accum_steps` > 1: the (mixed)
+    batch runs as that many micro-batches, each loss weighted by its share of the images, one update per batch:
+    the full batch's update, except that drop path draws per micro-batch and a linear probe's BatchNorm sees
+    micro-batch statistics."""
     loss_fn = loss_fn or ClassificationLoss()
+    precision = precision or Precision("auto", device)
     model.train()
     start = time.perf_counter()
     losses, images, steps = EpochLoss(device), 0, 0
@@ -101,15 +104,15 @@ def train_classifier_epoch(model: nn.Module, loader: Iterable, optimizer: torch.
         loss = 0.0
         for index, part in enumerate(parts):
             with sync_unless_last(model, index, len(parts)):
-                with autocast(device):
+                with precision.autocast():
                     logits = model(imgs[part])  # [b, num_classes]
                 part_loss = loss_fn(logits, targets[part])
                 if len(parts) > 1:
                     part_loss = part_loss * ((part.stop - part.start) / imgs.shape[0])
-                part_loss.backward()
+                precision.backward(part_loss)
             loss = loss + part_loss.detach()
         losses.add(loss, imgs.shape[0], step)
-        optimizer.step()
+        precision.step(optimizer)
         images += imgs.shape[0]
         steps += 1
     loss_sum, images = losses.reduce(phase=phase, epoch=epoch, images=images)
@@ -117,7 +120,8 @@ def train_classifier_epoch(model: nn.Module, loader: Iterable, optimizer: torch.
                       seconds=time.perf_counter() - start)
 
 
-def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device) -> dict[str, float]:
+def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device,
+             precision: Precision | None = None) -> dict[str, float]:
     """Top-1 / top-5 (%) and mean cross-entropy over this worker's share of the held-out split, summed over workers.
 
     Each worker must see a disjoint share (no padding duplicates), so counts add up to the split exactly.
@@ -129,12 +133,13 @@ def evaluate(model: nn.Module, loader: Iterable, *, device: torch.device) -> dic
         for buffer in model.module.buffers():
             dist.broadcast(buffer, src=0)
         model = model.module
+    precision = precision or Precision("auto", device)
     model.eval()
     top1, top5, loss_sum, images = 0.0, 0.0, 0.0, 0
     with torch.no_grad():
         for imgs, labels in loader:
             imgs, labels = imgs.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            with autocast(device):
+            with precision.autocast():
                 logits = model(imgs).float()
             acc1, acc5 = accuracy(logits, labels, topk=(1, 5))  # percent of this batch
             n = labels.shape[0]

@@ -29,8 +29,9 @@ of every phase. On Ray it uploads in the background (CheckpointUploadMode.ASYNC;
 synchronously) from a directory Ray deletes once uploaded.
 
 Devices: DDP and the distributed sampler come from ray.train.torch.prepare_model / prepare_data_loader;
-on GPU the forward passes run under bf16 autocast (losses in fp32), on CPU in fp32. A phase whose estimated
-peak memory exceeds the GPU's runs with gradient accumulation (PhaseOptim.accum_steps, method/memory.py). A phase whose
+the forward passes run at the trial's `precision` (train/precision.py: "auto" is bf16 on GPUs with it,
+fp16 with loss scaling on older GPUs, fp32 on CPU; losses in fp32). A phase whose estimated peak memory
+exceeds the GPU's runs with gradient accumulation (PhaseOptim.accum_steps, method/memory.py). A phase whose
 `data.store` is set reads the packed store and augments on the device (objmae_ray/data/loader.py).
 
 Reproducibility: model init from torch.manual_seed(seed); every epoch re-seeds torch / random / numpy,
@@ -38,9 +39,11 @@ the DataLoader generator and the mask generator from (seed, phase, epoch, rank);
 uses (seed, epoch). So a run resumed from a checkpoint reproduces a clean run's numbers exactly on the
 same hardware, and at most the interrupted epoch is redone.
 
-Test hooks (`hooks`, never set by a sweep): {"kill_at": [phase, epoch, step], "kill_marker": path}
-makes rank 0 SIGKILL itself once before that step, after Ray Train has registered its last report
-(the marker file makes it happen once); {"param_dump_dir": path} makes every rank write a hash of its
+Test hooks (`hooks`, never set by a sweep): {"kill_at": [phase, epoch, step] or a list of them,
+"kill_marker": path} makes rank 0 SIGKILL itself once before each such step, after Ray Train has
+registered its last report (a line per kill in the marker file makes each happen once);
+{"raise_at": [phase, epoch, step], "kill_marker": path} makes rank 0 raise RuntimeError there on every
+attempt (a bug), appending a line to the marker file each time; {"param_dump_dir": path} makes every rank write a hash of its
 parameters and its sample indices after each epoch, and append "rank phase epoch pid" to epochs.log.
 """
 from __future__ import annotations
@@ -74,6 +77,7 @@ from objmae_ray.train.finetune import (ClassificationLoss, build_classifier, eva
                                       trainable_module)
 from objmae_ray.train.metrics import TrialMetrics
 from objmae_ray.train.optim import build_lr_schedule, build_optimizer
+from objmae_ray.train.precision import Precision
 from objmae_ray.train.pretrain import pretrain_epoch
 from objmae_ray.train.rules import trial_phases
 from objmae_ray.train.speed import StepTimer, baseline_step_seconds
@@ -204,9 +208,11 @@ class TrialRun:
                                                for m in PHASE_METRICS}
         self.phase_values.update(state.get("phase_values", {}))
         self.baseline_s: float | None = None
+        self.precision = Precision(cfg.precision, worker.device)  # autocast + the fp16 loss scaler
         if self.resume:
             self.objmae.load_state_dict(self.resume["objmae"])
             set_rng_state(state["rng"])
+            self.precision.load_state_dict(state.get("scaler"))
         self.speedup: float | None = None  # computed at the first report, off the path to the first step
         self.first_step_at: float | None = None
         self.report_time_s = 0.0  # time this process spent in earlier reports (checkpoint write + Ray report)
@@ -283,16 +289,26 @@ class TrialRun:
         return self.worker.prepare_loader(loader, add_dist_sampler=False)
 
     def on_step(self, phase: str) -> Callable[[int, int], None]:
-        """Step hook: records the first optimiser step's time; test-only fault injection (`_hooks.kill_at`)."""
-        kill_at, marker = self.hooks.get("kill_at"), self.hooks.get("kill_marker")
+        """Step hook: records the first optimiser step's time; test-only fault injection (`_hooks.kill_at`,
+        `_hooks.raise_at`)."""
+        kill_at, marker = self.hooks.get("kill_at") or [], self.hooks.get("kill_marker")
+        kills = [list(point) for point in (kill_at if kill_at and isinstance(kill_at[0], list) else [kill_at])]
 
         def hook(epoch: int, step: int) -> None:
             if self.first_step_at is None:
                 self.first_step_at = time.time()
-            if (kill_at and self.worker.rank == 0 and list(kill_at) == [phase, epoch, step]
-                    and marker and not Path(marker).exists()):
+            if not marker or self.worker.rank != 0:
+                return
+            at = f"{phase} epoch {epoch} step {step}"
+            if list(self.hooks.get("raise_at") or []) == [phase, epoch, step]:
+                with open(marker, "a") as log:
+                    log.write(f"raised in rank 0 pid {os.getpid()} at {at}\n")
+                raise RuntimeError(f"injected error at {at}")
+            done = Path(marker).read_text() if Path(marker).exists() else ""
+            if [phase, epoch, step] in kills and f" at {at}\n" not in done:
                 self.worker.wait_committed()  # a crash mid-epoch comes long after the last report
-                Path(marker).write_text(f"killed rank 0 pid {os.getpid()} at {phase} epoch {epoch} step {step}\n")
+                with open(marker, "a") as log:
+                    log.write(f"killed rank 0 pid {os.getpid()} at {at}\n")
                 os.kill(os.getpid(), signal.SIGKILL)
         return hook
 
@@ -335,7 +351,8 @@ class TrialRun:
             if due:
                 train_state = {"phase_index": phase_index, "phase": name, "epoch": epoch, "updates": updates,
                                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                               "rng": rng_state(), "pretrain_time_s": self.pretrain_time_s,
+                               "rng": rng_state(), "scaler": self.precision.state_dict(),
+                               "pretrain_time_s": self.pretrain_time_s,
                                "recon_loss": self.recon_loss, "speedup_measured": self.speedup_measured,
                                "phase_values": dict(self.phase_values)}
                 save_checkpoint(tmp, objmae=self.objmae, classifier=classifier, train_state=train_state,
@@ -414,7 +431,7 @@ class TrialRun:
             stats = pretrain_epoch(model, loader, optimizer, scheduler, epoch=epoch, first_update=epoch * len(loader),
                                    num_patches=self.objmae.num_patches, masking=cfg.masking,
                                    generator=mask_generator, device=device, on_step=self.on_step("pretrain"),
-                                   timer=StepTimer(device), accum_steps=accum_steps)
+                                   timer=StepTimer(device), accum_steps=accum_steps, precision=self.precision)
             self.pretrain_time_s += stats.seconds
             self.recon_loss = stats.loss
             self.speedup_measured = self.measure_speedup(stats.step_s)
@@ -465,9 +482,10 @@ class TrialRun:
             self.seed_epoch(phase_index, epoch, loader, loader_generator)
             stats = train_classifier_epoch(model, loader, optimizer, scheduler, phase=name, epoch=epoch,
                                            first_update=epoch * len(loader), device=device, loss_fn=loss_fn,
-                                           on_step=self.on_step(name), accum_steps=accum_steps)
+                                           on_step=self.on_step(name), accum_steps=accum_steps,
+                                           precision=self.precision)
             eval_start = time.perf_counter()
-            scores = evaluate(model, val_loader, device=device)
+            scores = evaluate(model, val_loader, device=device, precision=self.precision)
             epoch_time = stats.seconds + time.perf_counter() - eval_start
             self.dump_params(model, loader, phase_index, epoch)
             self.report({"train_loss": stats.loss, **scores, "images_per_s": stats.images / stats.seconds,

@@ -19,6 +19,7 @@ from torch import nn
 
 from objmae_ray.config import MaskingConfig
 from objmae_ray.method.masking import ALPHA_STATS, Masks, sample_masks
+from objmae_ray.train.precision import Precision
 
 StepHook = Callable[[int, int], None]  # (epoch, step) -> None, called before each step (fault injection in tests)
 
@@ -42,8 +43,8 @@ class EpochStats:
 
 
 def autocast(device: torch.device):
-    """bf16 autocast on GPU; a no-op context on CPU (fp32)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    """The autocast of precision "auto" on `device` (train/precision.py): bf16 or fp16 on GPU, fp32 on CPU."""
+    return Precision("auto", device).autocast()
 
 
 class EpochLoss:
@@ -138,7 +139,8 @@ def sample_batch_masks(batch: dict, *, num_patches: int, masking: MaskingConfig,
 def pretrain_epoch(model: nn.Module, loader: Iterable[dict], optimizer: torch.optim.Optimizer, scheduler, *,
                    epoch: int, first_update: int, num_patches: int, masking: MaskingConfig,
                    generator: torch.Generator, device: torch.device,
-                   on_step: StepHook | None = None, timer=None, accum_steps: int = 1) -> EpochStats:
+                   on_step: StepHook | None = None, timer=None, accum_steps: int = 1,
+                   precision: Precision | None = None) -> EpochStats:
     """Train `model` (ObjMAE, maybe DDP-wrapped) for one pass over `loader`.
 
     `first_update` is the global index of this epoch's first optimiser update (for the per-update
@@ -148,7 +150,9 @@ def pretrain_epoch(model: nn.Module, loader: Iterable[dict], optimizer: torch.op
     slots, so the summed gradient is the full batch's; one optimiser update per batch (DDP syncs once).
     Besides the loss, the epoch measures the loss of predicting zeros on the same targets (the baseline a
     reconstruction must beat) and what alpha did (Masks.alpha_sums), accumulated on the device.
+    `precision` (train/precision.py): autocast and fp16 loss scaling; default "auto" on `device`.
     """
+    precision = precision or Precision("auto", device)
     model.train()
     core = getattr(model, "module", model)  # DDP wraps the ObjMAE
     start = time.perf_counter()
@@ -170,15 +174,15 @@ def pretrain_epoch(model: nn.Module, loader: Iterable[dict], optimizer: torch.op
         for index, part in enumerate(parts):
             keep = None if masks.keep is None else masks.keep[part]
             with sync_unless_last(model, index, len(parts)):
-                with autocast(device):
+                with precision.autocast():
                     part_loss, pred = model(imgs[part], masks.src_idx[part], masks.tgt_idx[part],
                                             masks.src_valid[part], masks.tgt_valid[part], keep)
                 if valid is not None:  # this micro-batch's share of the batch's valid target slots
                     part_loss = part_loss * (masks.tgt_valid[part].sum() / valid)
-                part_loss.backward()
+                precision.backward(part_loss)
             loss, preds = loss + part_loss.detach(), preds + [pred.detach()]
         losses.add(loss, imgs.shape[0], step)
-        optimizer.step()
+        precision.step(optimizer)
         pred = preds[0] if len(preds) == 1 else torch.cat(preds)
         if timer is not None:
             timer.stop()

@@ -3,7 +3,7 @@
 `StepTimer` times the compute of training steps (masks + forward + backward + optimiser step; not the
 input wait or the augmentation): CUDA events on a GPU (no host sync per step), the wall clock on a CPU.
 `baseline_step_seconds` times a few steps of the supervised timm ViT of the same preset, image size and
-patch size, at the same per-worker batch, precision (bf16 autocast on GPU, fp32 on CPU) and optimiser,
+patch size, at the same per-worker batch, precision ("auto", train/precision.py) and optimiser,
 on the trial's device; the result is cached as JSON per (device, preset, image size, patch size, batch,
 precision) under the run's storage (`<storage>/speed_baseline/`, a local path or a pyarrow URI such as
 s3://), so a sweep measures it once. speedup_measured = baseline step time / median ObjMAE step time
@@ -29,6 +29,7 @@ from timm.optim import create_optimizer_v2
 
 from objmae_ray.config import ModelConfig
 from objmae_ray.method.model import create_vit_classifier
+from objmae_ray.train.precision import resolve_precision
 from objmae_ray.train.pretrain import autocast
 
 log = logging.getLogger("objmae_ray.train")
@@ -84,7 +85,7 @@ def device_label(device: torch.device) -> str:
 
 
 def baseline_key(model_cfg: ModelConfig, batch: int, device: torch.device, optimizer: str) -> str:
-    precision = "bf16" if device.type == "cuda" else "fp32"
+    precision = resolve_precision("auto", device)
     return (f"{device_label(device)}-{model_cfg.preset}-{model_cfg.img_size}px-p{model_cfg.patch_size}"
             f"-b{batch}-{precision}-{optimizer}")
 

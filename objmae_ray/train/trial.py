@@ -25,15 +25,17 @@ Reserved config keys (every key starting with "_" is dropped before TrialConfig 
 compared), `_study` / `_searched` (the sweep's name and the trial's searched values, tags of its Prometheus
 metrics: train/metrics.py) and `_hooks` (tests/benchmarks only, see objmae_ray/train/loop.py).
 
-Fault tolerance: FailureConfig(max_failures) restarts the worker group from the latest registered
-checkpoint, so at most one checkpoint interval is redone: `checkpoint_minutes` (default 15) of training
-plus the epoch in progress, or `checkpoint_every` epochs when set. The last 2 checkpoints are kept
-(CHECKPOINTS_TO_KEEP); they upload in the background (Ray Train's CheckpointUploadMode.ASYNC, the trial's
-final one synchronously), so training goes on while one uploads. Ray Train's controller
+Fault tolerance (objmae_ray/train/failures.py): the worker group restarts from the latest registered
+checkpoint after every worker or node loss (a spot reclaim, a killed process; up to `max_restarts`) and
+after an error raised by the trial's code (up to `max_failures`, counted apart), so a loss redoes at most one
+checkpoint interval: `checkpoint_minutes` (default 15) of training plus the epoch in progress, or
+`checkpoint_every` epochs when set. The last 2 checkpoints are kept (CHECKPOINTS_TO_KEEP); they upload in the
+background (Ray Train's CheckpointUploadMode.ASYNC, the trial's final one synchronously), so training goes on
+while one uploads. Ray Train's controller
 registers a report when it next polls the workers (every 2 s): a worker that dies within 2 s of a
 report (or before a background upload finished) can lose that report's checkpoint and redo one more interval. A run whose latest checkpoint holds
 a different TrialConfig is refused. A non-finite loss raises NonFiniteLossError (phase, epoch, step);
-Ray retries it like any worker error (it recurs, so max_failures = 0 is the cheap setting for sweeps)
+Ray retries it like any error (it recurs, so max_failures = 0 is the cheap setting for sweeps)
 and then `run_trial` / `tune_trainable` raise a one-line TrialError; earlier checkpoints stay.
 """
 from __future__ import annotations
@@ -176,9 +178,11 @@ def check_data(cfg: TrialConfig, *, wait_note_s: float = 30.0) -> None:
 
 def build_trainer(cfg: TrialConfig, *, storage_path: str, name: str, callbacks: list | None = None,
                   hooks: dict | None = None, metric_tags: dict | None = None):
-    """The TorchTrainer (Train V2) of one trial: worker group, failure retries, checkpoint retention."""
+    """The TorchTrainer (Train V2) of one trial: worker group, failure retries (losses and errors apart,
+    train/failures.py), checkpoint retention."""
     import ray.train
-    from ray.train.torch import TorchTrainer
+
+    from objmae_ray.train.failures import ObjmaeTorchTrainer
 
     # Train's state actor behind the dashboard's Train API (/api/train/v2/runs/v1); the cluster should
     # start with it on too (objmae_ray/sweep/tuner.py connect, cluster/*.yaml), this covers older clusters
@@ -187,7 +191,7 @@ def build_trainer(cfg: TrialConfig, *, storage_path: str, name: str, callbacks: 
     resources = {"CPU": res.cpus_per_worker}
     if res.use_gpu:
         resources["GPU"] = res.gpus_per_worker
-    return TorchTrainer(
+    return ObjmaeTorchTrainer(
         train_loop_per_worker,
         train_loop_config={"trial": cfg.model_dump(), "hooks": hooks, "metric_tags": metric_tags,
                            "speed_cache": f"{str(storage_path).rstrip('/')}/{BASELINE_DIR}"},
@@ -198,6 +202,7 @@ def build_trainer(cfg: TrialConfig, *, storage_path: str, name: str, callbacks: 
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=CHECKPOINTS_TO_KEEP),
             callbacks=callbacks or []),
+        max_restarts=cfg.max_restarts,
     )
 
 
