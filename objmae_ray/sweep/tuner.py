@@ -46,6 +46,7 @@ from objmae_ray.sweep.search import build_search, build_trial_scheduler
 from objmae_ray.sweep.space import TRIAL_INDEX, base_trial, num_configurations, trial_from_tune_config
 from objmae_ray.sweep.study import name_objectives, open_storage, safe_url, study_url
 from objmae_ray.sweep.tracking import MlflowTracking, mlflow_client
+from objmae_ray.train.reuse import store_root
 from objmae_ray.train.trial import tune_trainable
 
 
@@ -89,6 +90,8 @@ def build_tuner(spec: SweepSpec, *, name: str, storage: str | None = None,
     param_space = base_trial(spec).model_dump()
     param_space["_storage_path"] = f"{storage.rstrip('/')}/{name}"  # inner Ray Train runs: shared storage
     param_space["_autoscaling"] = autoscaling
+    if spec.reuse_pretraining:  # pre-trainings stored once per key in the storage, reused by any study on it
+        param_space["_pretrained_store"] = store_root(storage)
     return tune.Tuner(
         _with_resources(spec, trainable),
         param_space=param_space,

@@ -22,7 +22,9 @@ run's checkpoint history from storage).
 
 Reserved config keys (every key starting with "_" is dropped before TrialConfig validation):
 `_storage_path` (above), `_autoscaling` (true: the cluster has an autoscaler, so live resources are not
-compared) and `_hooks` (tests/benchmarks only, see objmae_ray/train/loop.py).
+compared), `_pretrained_store` (`<storage>/pretrained`: a finished pre-training with the same key is reused,
+concurrent trials with one key wait for one pre-training; objmae_ray/train/reuse.py) and `_hooks`
+(tests/benchmarks only, see objmae_ray/train/loop.py).
 
 Fault tolerance: FailureConfig(max_failures) restarts the worker group from the latest registered
 checkpoint, so at most `checkpoint_every` epochs (default 1) are redone. Ray Train's controller
@@ -45,6 +47,7 @@ import yaml
 from objmae_ray.config import TrialConfig, trial_from_dict
 from objmae_ray.errors import ConfigError
 from objmae_ray.train.loop import train_loop_per_worker
+from objmae_ray.train.reuse import pretraining_plan, release
 from objmae_ray.train.rules import trial_phases, trial_problems
 from objmae_ray.train.speed import BASELINE_DIR
 
@@ -171,7 +174,7 @@ def check_data(cfg: TrialConfig, *, wait_note_s: float = 30.0) -> None:
 
 
 def build_trainer(cfg: TrialConfig, *, storage_path: str, name: str, callbacks: list | None = None,
-                  hooks: dict | None = None):
+                  hooks: dict | None = None, reuse: dict | None = None):
     """The TorchTrainer (Train V2) of one trial: worker group, failure retries, checkpoint retention."""
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -185,7 +188,7 @@ def build_trainer(cfg: TrialConfig, *, storage_path: str, name: str, callbacks: 
         resources["GPU"] = res.gpus_per_worker
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"trial": cfg.model_dump(), "hooks": hooks,
+        train_loop_config={"trial": cfg.model_dump(), "hooks": hooks, "reuse": reuse,
                            "speed_cache": f"{str(storage_path).rstrip('/')}/{BASELINE_DIR}"},
         scaling_config=ray.train.ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
                                                resources_per_worker=resources),
@@ -237,12 +240,18 @@ def tune_trainable(config: dict) -> None:
         storage_path, name = str(config["_storage_path"]), f"train-{ctx.get_trial_id()}"
     else:
         storage_path, name = ctx.get_trial_dir(), "train"
-    trainer = build_trainer(cfg, storage_path=storage_path, name=name, callbacks=[TuneReportCallback()],
-                            hooks=config.get("_hooks"))
+    plan, claim = None, None
+    if config.get("_pretrained_store") and cfg.pretrain.epochs > 0:  # reuse a stored pre-training (train/reuse.py)
+        run = str(config.get("_storage_path") or Path(ctx.get_trial_dir()).parent).rstrip("/").rsplit("/", 1)[-1]
+        plan, claim = pretraining_plan(cfg, str(config["_pretrained_store"]), run=f"{run}/trial_{ctx.get_trial_id()}")
     try:
+        trainer = build_trainer(cfg, storage_path=storage_path, name=name, callbacks=[TuneReportCallback()],
+                                hooks=config.get("_hooks"), reuse=plan.to_dict() if plan else None)
         trainer.fit()
     except ray.train.TrainingFailedError as err:
         raise TrialError(f"trial {ctx.get_trial_name()}: {_failure_reason(err)}") from err
+    finally:
+        release(claim)
 
 
 def main(argv: list[str] | None = None) -> int:
