@@ -133,8 +133,7 @@ def sweep_main(argv: list[str] | None = None) -> int:
                 source = source_line(spec)
                 print("\n".join(plan(spec).lines(spec) + ([source] if source else [])
                                 + ([cluster_line] if cluster_line else [])))
-                print(f"{file}: OK")
-            print("\n".join(reuse_lines(specs)))
+            print("\n".join(reuse_lines(specs) + [f"{file}: OK" for file, _ in specs]))
             return 0
         for file, spec in specs:
             if args.cluster:
