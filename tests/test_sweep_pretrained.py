@@ -98,3 +98,18 @@ def test_pretrained_from_makes_one_trial_per_finished_pre_training(run_dir, tmp_
     searched = {"pretrained_from": str(run_dir), "search_space": {"transfer.0.lr": {"choices": [0.1, 0.2]}}}
     with pytest.raises(ConfigError, match="fix every search_space value"):
         load_spec(tiny_file(tmp_path, "probe3", searched))
+
+
+def test_pretrained_from_a_run_with_one_pre_training_is_one_trial(run_dir, tmp_path):
+    """Source trials that share one pre-training (here: one trial) give one row."""
+    import shutil
+
+    for trial in sorted(run_dir.glob("trial_*"))[1:]:
+        shutil.rmtree(trial)
+    spec = load_spec(tiny_file(tmp_path, "one", {"pretrained_from": str(run_dir)}))
+    source = trial_from_tune_config(trial_dirs(str(run_dir))[0].config)
+    assert len(spec.configurations) == 1 and spec.configurations[0] == {"seed": source.seed}
+    from objmae_ray.sweep.search import optuna_space
+
+    assert list(optuna_space(spec)) == ["seed"]
+    assert [reuse.pretrain_key(c) for c in planned_configs(spec)[0]] == [reuse.pretrain_key(source)]

@@ -192,7 +192,8 @@ def transfer_study(spec: SweepSpec) -> SweepSpec:
     varying = [k for k in rows[0] if len({repr(r[k]) for r in rows}) > 1]
     shared = {k: v for k, v in rows[0].items() if k not in varying}
     base = trial_from_dict(base_trial(spec).model_dump(), shared)
-    unique = list({repr([(k, r[k]) for k in varying]): {k: r[k] for k in varying} for r in rows}.values())
+    unique = list({repr([(k, r[k]) for k in varying]): {k: r[k] for k in varying} for r in rows}.values()) \
+        if varying else []  # one shared pre-training: one row (the list sampler needs a key)
     body = spec.model_dump()
     body.update(base=base.model_dump(), search_space={}, sampler={**body["sampler"], "kind": "list"},
                 configurations=unique or [{"seed": base.seed}], repeats=1, num_samples=None)
