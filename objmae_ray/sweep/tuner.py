@@ -14,7 +14,9 @@
   run_sweep                    fit or resume to the end; returns the run path and the ResultGrid
 
 Trial config: Tune's `param_space` is the base TrialConfig (fixed search values applied) and the
-searcher adds flat dotted keys (`masking.alpha`) that `space.trial_from_tune_config` writes into it.
+searcher adds flat dotted keys (`masking.alpha`) that `space.trial_from_tune_config` writes into it;
+`_pretrained_store` (`<storage>/pretrained`, unless `reuse_pretraining: false`) lets trials reuse stored
+pre-trainings (objmae_ray/train/reuse.py).
 Resume: Tune saves the searcher, scheduler and trial states in the experiment directory;
 `--resume` restores them (`Tuner.restore(..., resume_errored=True)`), so finished trials are kept
 and not rerun, and unfinished ones restart from their latest Ray Train checkpoint. The Optuna study is

@@ -18,7 +18,12 @@ fallback / fallback_frac (images that had no eligible object), what alpha did in
 slots holding a target-region patch, padded_frac = slots beyond the region whatever the padding mode put
 there, alpha_effective = L / N), lr, loop_start_at / first_step_at (unix times this worker group entered
 the train loop / made its first optimiser step), report_time_s (seconds this worker process spent in
-earlier reports: checkpoint write + upload + Ray's report), done (True on the last report).
+earlier reports: checkpoint write + upload + Ray's report), done (True on the last report), trial_epoch (1-based
+epoch across phases: ASHA's time), and with a reuse plan pretrain_reused_from ("RUN/trial_<id>" or "") and
+pretrain_reuse_note (why a stored pre-training was not used, or "").
+Reuse (train/reuse.py, `config["reuse"]`): mode "reuse" loads the stored pre-training and reports its final
+pre-train epoch once (with a checkpoint) instead of running the phase; a missing or corrupt entry is
+pre-trained afresh and says why; mode "publish" stores the pre-training (rank 0) when the phase ends.
 A checkpoint (checkpoint.py layout) goes with every report when checkpoint_every = 1, else every
 `checkpoint_every` epochs and at the end of every phase.
 
