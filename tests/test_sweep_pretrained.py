@@ -98,6 +98,9 @@ def test_pretrained_from_makes_one_trial_per_finished_pre_training(run_dir, tmp_
     searched = {"pretrained_from": str(run_dir), "search_space": {"transfer.0.lr": {"choices": [0.1, 0.2]}}}
     with pytest.raises(ConfigError, match="fix every search_space value"):
         load_spec(tiny_file(tmp_path, "probe3", searched))
+    listed = {"pretrained_from": str(run_dir), "sampler": {"kind": "list"}, "configurations": [{"seed": 0}]}
+    with pytest.raises(ConfigError, match="remove `configurations`"):
+        load_spec(tiny_file(tmp_path, "probe4", listed))
 
 
 def test_pretrained_from_a_run_with_one_pre_training_is_one_trial(run_dir, tmp_path):

@@ -184,6 +184,8 @@ def transfer_study(spec: SweepSpec) -> SweepSpec:
     if spec.sampler.kind != "list" and any(not hasattr(p, "value") for p in spec.search_space.values()):
         raise ConfigError(f"runs one trial per pre-training of {source}: fix every search_space "
                           f"value (searched: {', '.join(k for k, p in spec.search_space.items() if not hasattr(p, 'value'))})")
+    if spec.configurations:
+        raise ConfigError(f"makes the configurations itself (one per pre-training of {source}): remove `configurations`")
     load_run_spec(source)  # a run directory (ConfigError otherwise)
     configs = source_trials(source)
     if not configs:
