@@ -1,6 +1,9 @@
 """Console scripts. Thin: parse, call, print. Each entry point returns a process exit code.
 
-  objmae-sweep FILE | validate FILE    objmae_ray/sweep (then the results table and report: objmae_ray/results)
+  objmae-sweep FILE... | validate FILE...
+                                       objmae_ray/sweep (then the results table and report: objmae_ray/results);
+                                       several files run one after the other in one Ray session, sharing
+                                       pre-trainings; validate adds the GPU-hours with and without reuse
   objmae-sweep status [RUN | STORAGE]  objmae_ray/results/status.py (no Ray)
   objmae-sweep dashboard RUN           optuna-dashboard on the run's stored study (objmae_ray/sweep/study.py)
   objmae-sweep doctor [--trial F]      this node's preflight (objmae_ray/sweep/doctor.py)
@@ -22,6 +25,7 @@ from objmae_ray.errors import ConfigError
 from objmae_ray.sweep.cluster import capacity_problems, config_node_types, load_cluster_config, trial_fits
 from objmae_ray.sweep.gpus import default_gpu_type
 from objmae_ray.sweep.plan import Target, plan
+from objmae_ray.sweep.pretrained import reuse_lines, source_line
 from objmae_ray.sweep.space import base_trial
 from objmae_ray.sweep.spec import load_spec
 
@@ -37,13 +41,16 @@ def _sweep_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="objmae-sweep",
         description="Run an ObjMAE sweep file on Ray Tune + Optuna (`objmae-sweep validate FILE` only checks it).")
-    parser.add_argument("file", help="search-space YAML (see search_spaces/)")
+    parser.add_argument("files", nargs="+", metavar="file",
+                        help="search-space YAML (see search_spaces/); several run one after the other in one Ray "
+                             "session, each in its own run directory, sharing their pre-trainings")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a field: a sweep field (num_samples=8) or a base trial path "
                              "(pretrain.data.root=/data/coco); repeatable")
     parser.add_argument("--address", default=None,
                         help="Ray cluster: 'auto' or HOST:PORT (default: start a local Ray with the dashboard)")
-    parser.add_argument("--name", default=None, help="run name (default: <study>-<date>-<time>)")
+    parser.add_argument("--name", default=None, help="run name (default: <study>-<date>-<time>; with several "
+                                                      "files: NAME-<study>)")
     parser.add_argument("--storage", default=None, help="storage path: local dir, NFS or s3://bucket/prefix")
     parser.add_argument("--resume", action="store_true",
                         help="continue an interrupted run (--name, default the newest of this study)")
@@ -124,28 +131,39 @@ def sweep_main(argv: list[str] | None = None) -> int:
         args.overrides.append(f"storage={args.storage}")
     args.overrides += _tracking_overrides(args)
     try:
-        spec = load_spec(args.file, args.overrides)
-        cluster_line, target = _check_cluster_file(args.file, spec, args.cluster) if args.cluster else (None, None)
+        specs = [(file, load_spec(file, args.overrides)) for file in args.files]
         if validate_only:
-            print("\n".join(plan(spec, target).lines(spec) + ([cluster_line] if cluster_line else [])))
-            print(f"{args.file}: OK")
+            for file, spec in specs:
+                cluster_line, target = _check_cluster_file(file, spec, args.cluster) if args.cluster else (None, None)
+                source = source_line(spec)
+                print("\n".join(plan(spec, target).lines(spec) + ([source] if source else [])
+                                + ([cluster_line] if cluster_line else [])))
+            print("\n".join(reuse_lines(specs) + [f"{file}: OK" for file, _ in specs]))
             return 0
+        for file, spec in specs:
+            if args.cluster:
+                _check_cluster_file(file, spec, args.cluster)
         from objmae_ray.sweep.tuner import run_sweep, unfinished_trials  # Ray: only when a sweep runs
 
-        path, results = run_sweep(spec, address=args.address, name=args.name, resume=args.resume,
-                                  verbose=args.verbose)
-        _finish_sweep(path, spec, results)
+        code = 0
+        for i, (file, spec) in enumerate(specs, start=1):
+            if len(specs) > 1:
+                print(f"study {i}/{len(specs)}: {file}")
+            name = f"{args.name}-{spec.study}" if args.name and len(specs) > 1 else args.name
+            path, results = run_sweep(spec, address=args.address, name=name, resume=args.resume,
+                                      verbose=args.verbose)
+            _finish_sweep(path, spec, results)
+            unfinished = unfinished_trials(spec, path, results)
+            if results.num_errors or unfinished:
+                print(f"{unfinished} trial(s) unfinished, {results.num_errors} failed; continue with: objmae-sweep "
+                      f"{file} --resume --name {path.rstrip('/').rsplit('/', 1)[-1]}", file=sys.stderr)
+                code = 1
     except ConfigError as err:
         return _print_problems(err)
     except KeyboardInterrupt:
         print("interrupted: continue with --resume (finished trials are kept)", file=sys.stderr)
         return 130
-    unfinished = unfinished_trials(spec, path, results)
-    if results.num_errors or unfinished:
-        print(f"{unfinished} trial(s) unfinished, {results.num_errors} failed; continue with: objmae-sweep "
-              f"{args.file} --resume --name {path.rstrip('/').rsplit('/', 1)[-1]}", file=sys.stderr)
-        return 1
-    return 0
+    return code
 
 
 def _tracking_overrides(args: argparse.Namespace) -> list[str]:

@@ -488,6 +488,11 @@ class SweepSpec(_Strict):
     and the sampler learns from their mean (`seed` can also be searched like any field).
     `significance`: with repeats >= 2, tables mark which rows differ from the best row by less than the
     seed noise (Welch's t-test at `significance_level`).
+    `reuse_pretraining`: a trial whose pre-training (same key: objmae_ray/train/reuse.py) is already stored in
+    `<storage>/pretrained` by any study loads it and runs only its transfer phases; false pre-trains every trial.
+    `pretrained_from: RUN_DIR` (a finished run on the same storage): a transfer-only study, one trial per trial
+    of that run whose pre-training finished, with its pre-training and this file's transfer phases
+    (objmae_ray/sweep/pretrained.py resolves it into the list sampler when the file is loaded).
     Resources per trial are `base.resources` (Ray Train workers); `driver_cpus` is the Tune driver's.
     """
 
@@ -509,6 +514,8 @@ class SweepSpec(_Strict):
     configurations: list[Configuration] = Field(default_factory=list)  # sampler list: one row per trial config
     significance: Literal["welch", "none"] = "welch"  # tables mark differences to the best row within noise
     significance_level: float = Field(0.05, gt=0.0, lt=1.0)
+    reuse_pretraining: bool = True  # reuse a finished pre-training of the same key from `<storage>/pretrained`
+    pretrained_from: Optional[str] = None  # a finished run directory: one trial per pre-training of it (transfer only)
 
     @field_validator("search_space", mode="before")
     @classmethod

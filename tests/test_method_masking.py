@@ -530,3 +530,22 @@ def test_alpha_sums_add_up_per_image_statistics():
     encoder_seen, target_real, padded, alpha_effective = m.alpha_sums(100).tolist()
     assert encoder_seen == pytest.approx(4 / 100 + 2 / 100) and target_real == pytest.approx(3 / 10 + 1 / 10)
     assert padded == pytest.approx(13 / 20 + 17 / 20) and alpha_effective == pytest.approx(2 * 10 / 100)
+
+
+@pytest.mark.parametrize("grid, alpha", [(4, 0.5), (4, 0.25), (5, 0.48), (14, 0.34)])
+def test_mae_padding_is_a_no_op_up_to_half_the_patches(grid, alpha):
+    """Selection mae with L <= floor(N/2): no slot is padded, so every padding mode gives the same masks, bit for
+    bit (padding_applies is False); one patch more and the modes differ (zero marks a padded target slot)."""
+    from objmae_ray.method.masking import padding_applies
+
+    n = grid * grid
+    saliency = torch.zeros(3, n)  # only gives the batch shape: mae ignores it
+    assert target_length(alpha, n) <= n // 2 and not padding_applies("mae", alpha, n)
+    runs = [masks_for("mae", padding, alpha, saliency=saliency, seed=5) for padding in PADDINGS]
+    for other in runs[1:]:
+        for field in ("src_idx", "tgt_idx", "src_valid", "tgt_valid", "fallback"):
+            assert torch.equal(getattr(runs[0], field), getattr(other, field)), field
+    above = (n // 2 + 1) / n
+    assert padding_applies("mae", above, n) and padding_applies("object", alpha, n)
+    zero = masks_for("mae", "zero", above, saliency=saliency, seed=5)
+    assert not zero.tgt_valid.all()  # the target side (floor(N/2) patches) is padded now

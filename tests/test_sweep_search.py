@@ -139,3 +139,29 @@ def test_objective_naming_a_phase_is_what_optuna_optimises(tmp_path):
         repeater.on_trial_complete(f"t{i}", {"top1": linear, "transfer0_top1": finetune, "transfer1_top1": linear})
     [told] = optuna.load_study(study_name="ph", storage=storage).get_trials()
     assert told.values == [50.0]  # the mean of the fine-tune top-1s of the two seeds
+
+
+def test_padding_that_pads_nothing_is_one_configuration(tmp_path):
+    """alpha {1/4, 3/4} x selection {object, mae} x 4 paddings on a 4 x 4 grid: mae at alpha 1/4 (L = 4 <= 8)
+    pads no slot, so its four paddings are one trial: 8 (object) + 1 + 4 (mae at L = 12) = 13 distinct trials.
+    The searcher hands out 13 and then says it is finished; no mae alpha-1/4 trial runs twice."""
+    from ray.tune.search import Searcher
+
+    from objmae_ray.sweep.space import canonical_values, effective_key
+
+    spec = load_spec(tiny_spec(tmp_path, "p", "sampler: {kind: random, seed: 1}\nnum_samples: 16\nsearch_space:\n"
+                                              "  alpha: {choices: [0.25, 0.75]}\n"
+                                              "  selection: {choices: [object, mae]}\n"
+                                              "  padding: {choices: [zero, replicate, random, throwout]}\n"))
+    assert canonical_values({"masking.selection": "mae", "masking.alpha": 0.25, "masking.padding": "random"},
+                            spec)["masking.padding"] == "zero"
+    assert canonical_values({"masking.selection": "mae", "masking.alpha": 0.75, "masking.padding": "random"},
+                            spec)["masking.padding"] == "random"
+    searcher = build_search(spec, storage=optuna.storages.InMemoryStorage()).searcher
+    keys = []
+    for i in range(13):
+        config = searcher.suggest(f"t{i}")
+        keys.append(effective_key(config, spec))
+        searcher.on_trial_complete(f"t{i}", {"top1": float(i)})
+    assert len(set(keys)) == 13
+    assert searcher.suggest("t13") == Searcher.FINISHED

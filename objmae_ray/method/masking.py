@@ -48,7 +48,7 @@ import torch
 from objmae_ray.config import PADDINGS, SELECTIONS
 from objmae_ray.errors import ConfigError
 
-__all__ = ["Masks", "PADDINGS", "SELECTIONS", "sample_masks", "target_length"]
+__all__ = ["CANONICAL_PADDING", "Masks", "PADDINGS", "SELECTIONS", "padding_applies", "sample_masks", "target_length"]
 MIN_REGION_PATCHES = 2  # a region must split into a non-empty source and target
 ALPHA_STATS = ("encoder_seen_frac", "target_real_frac", "padded_frac", "alpha_effective")  # Masks.alpha_sums
 
@@ -94,6 +94,17 @@ class Masks:
 def target_length(alpha: float, num_patches: int) -> int:
     """Length of the source and of the target sequence: `alpha * H*W` patches, at least 1."""
     return max(1, round(alpha * num_patches))
+
+
+CANONICAL_PADDING = "zero"  # the padding a configuration is filed under when its padding changes nothing
+
+
+def padding_applies(selection: str, alpha: float, num_patches: int) -> bool:
+    """Whether the padding mode can change a trial. It cannot for selection ``mae`` with
+    L = target_length(alpha, N) <= floor(N/2): the whole image divides into ceil(N/2) source and floor(N/2)
+    target patches, so no slot is ever padded and every mode gives the same masks, bit for bit (the same
+    random draws too). Such configurations are one configuration (padding -> CANONICAL_PADDING)."""
+    return not (selection == "mae" and target_length(alpha, num_patches) <= num_patches // 2)
 
 
 # ----------------------------------------------------------------------------- selection

@@ -36,7 +36,8 @@ column names the phase), recon loss the last pre-train epoch's, speed-up `speedu
 supervised ViT step's time over the ObjMAE step's, measured on the trial's device, objmae_ray/train/speed.py)
 where the trial reported one, else `speedup_est` (FLOP ratio); each table's note says which it shows.
 Pre-train img/s is the measured throughput of the last pre-train epoch, data wait the share of that
-epoch spent waiting for input (results form).
+epoch spent waiting for input (results form). A trial that loaded a stored pre-training (train/reuse.py)
+reports that pre-training's final epoch; each note names where such pre-trainings came from.
 A new column is a `Column` here and an entry in the table that shows it; nothing outside results/ changes.
 """
 from __future__ import annotations
@@ -437,7 +438,19 @@ def heading(table: Table, rows: list[Row]) -> str:
 def note(table: Table, rows: list[Row]) -> str:
     excluded = sum(r.excluded for r in rows)
     text = table.note.replace("{speedup}", speedup_kind([t for r in rows for t in r.trials]))
-    return text + (f" {excluded} stopped or failed trial(s) left out." if excluded else "") + noise_note(table, rows)
+    return (text + (f" {excluded} stopped or failed trial(s) left out." if excluded else "") + noise_note(table, rows)
+            + reuse_note(rows))
+
+
+def reuse_note(rows: list[Row]) -> str:
+    """' pre-training reused from RUN/trial_<id> (n trials).': the trials that loaded a stored pre-training
+    (objmae_ray/train/reuse.py) instead of running their own; '' when none did."""
+    sources: dict[str, int] = {}
+    for trial in (t for row in rows for t in row.trials):
+        source = trial.last.get("pretrain_reused_from")
+        if isinstance(source, str) and source:
+            sources[source] = sources.get(source, 0) + 1
+    return "".join(f" pre-training reused from {s} ({n} trial{'s' if n > 1 else ''})." for s, n in sorted(sources.items()))
 
 
 def markdown(table: Table, rows: list[Row]) -> str:

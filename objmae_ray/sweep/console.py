@@ -88,6 +88,11 @@ class TrialEvents(tune.Callback):
             phase = result.get("phase", "phase")
             self._line(trial, f"restarted after a worker loss: from {phase} epoch {point[1] + 1}")
         self._last[trial.trial_id] = point
+        if point[0] == 0 and result.get("pretrain_reused_from") and previous is None:
+            self._line(trial, f"pre-training reused from {result['pretrain_reused_from']}")
+            return
+        if point[0] == 0 and point[1] == 0 and result.get("pretrain_reuse_note"):
+            self._line(trial, f"{result['pretrain_reuse_note']}: pre-training afresh")
         cfg = trial_from_tune_config(trial.config)
         phases = [cfg.pretrain, *cfg.transfer]
         epochs = phases[point[0]].epochs if point[0] < len(phases) else 0

@@ -1,6 +1,7 @@
 """The search space as Ray Tune's searcher and scheduler: Optuna distributions and sampler (TPE, grid,
 random, NSGA-II) inside OptunaSearch, Tune's Repeater for seeds, a ConcurrencyLimiter, and FIFO or
-ASHA as the trial scheduler.
+ASHA as the trial scheduler (its time is `trial_epoch`, the epoch across phases, so a trial whose pre-training
+was reused, one report for that phase, meets its rungs at the same epochs as one that pre-trained).
 
 Repeats: with `repeats: R` every configuration the sampler proposes runs R times (Tune's Repeater),
 with seeds base.seed + 0 .. R-1; the sampler is told the mean of the R results, per objective.
@@ -170,5 +171,5 @@ def build_trial_scheduler(spec: SweepSpec) -> FIFOScheduler | ASHAScheduler:
     if spec.scheduler.kind == "fifo":
         return FIFOScheduler()
     grace, max_t = asha_milestones(spec)
-    return ASHAScheduler(time_attr="training_iteration", metric=spec.scheduler.metric, mode=spec.scheduler.mode,
+    return ASHAScheduler(time_attr="trial_epoch", metric=spec.scheduler.metric, mode=spec.scheduler.mode,
                          grace_period=grace, max_t=max_t, reduction_factor=spec.scheduler.reduction_factor)

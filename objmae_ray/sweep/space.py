@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from objmae_ray.config import (ChoiceParam, FixedParam, RangeParam, SweepSpec, TrialConfig, TrialConfigError,
                                trial_from_dict)
-from objmae_ray.method.masking import target_length
+from objmae_ray.method.masking import CANONICAL_PADDING, padding_applies, target_length
 
 # Short names for the paper's four knobs.
 ALIASES = {
@@ -181,7 +181,8 @@ def trial_from_tune_config(config: dict) -> TrialConfig:
 # A trial uses L = target_length(alpha, N) source and target patches, so alphas that round to the same L
 # are the same trial (on a 4x4 grid, 0.23 and 0.27 both give L = 4). The sweep therefore searches alpha
 # over the achievable values L / N (`achievable_alphas`), refuses choices that collide (sweep/checks.py),
-# and never runs a configuration twice (`effective_key`, used by sweep/search.py's searcher).
+# and never runs a configuration twice (`effective_key`, used by sweep/search.py's searcher). Likewise a
+# padding that pads nothing (selection mae, L <= N/2) is one configuration (`canonical_values`).
 ALPHA = "masking.alpha"
 
 
@@ -201,9 +202,25 @@ def achievable_alphas(low: float, high: float, n: int) -> list[float]:
     return [length / n for length in range(target_length(low, n), target_length(high, n) + 1)]
 
 
+PADDING, SELECTION = "masking.padding", "masking.selection"
+
+
+def canonical_values(values: dict[str, Any], spec: SweepSpec) -> dict[str, Any]:
+    """A configuration's searched values with knobs that have no effect set to one value: padding where no slot
+    is ever padded (method/masking.py padding_applies: selection mae with L <= N/2) becomes CANONICAL_PADDING."""
+    if PADDING not in values:
+        return dict(values)
+    base = base_trial(spec).masking
+    selection, alpha = values.get(SELECTION, base.selection), float(values.get(ALPHA, base.alpha))
+    if padding_applies(str(selection), alpha, num_patches(spec, values)):
+        return dict(values)
+    return {**values, PADDING: CANONICAL_PADDING}
+
+
 def effective_key(values: dict[str, Any], spec: SweepSpec) -> str:
-    """A configuration's searched values with alpha as its L: equal keys are the same trial."""
-    effective = dict(values)
+    """A configuration's searched values with alpha as its L and no-effect knobs canonical (canonical_values):
+    equal keys are the same trial."""
+    effective = canonical_values(values, spec)
     if ALPHA in effective:
         effective[ALPHA] = f"L={target_length(float(effective[ALPHA]), num_patches(spec, values))}"
     return repr(sorted(effective.items()))

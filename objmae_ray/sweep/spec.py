@@ -3,7 +3,8 @@
 `load_spec(path, overrides)` reads the file with line numbers (PyYAML node marks), applies
 `--set key=value` overrides (a key that is not a SweepSpec field is a `base` TrialConfig path:
 `pretrain.data.root=/data/coco` means `base.pretrain.data.root`), expands `${VAR}` /
-`${VAR:-default}` environment variables in strings, validates the schema (pydantic) and then the
+`${VAR:-default}` environment variables in strings, validates the schema (pydantic), resolves
+`pretrained_from: RUN_DIR` into one trial per finished pre-training of that run (sweep/pretrained.py), and then the
 meaning (objmae_ray/sweep/checks.py: search paths, every trial rule on the trials the space can
 produce, grid, budget). All problems are collected into one `SpecError`, one line each:
 `FILE:LINE: field.path: reason`. A missing environment variable is one more line, not a stop: the
@@ -27,6 +28,7 @@ from objmae_ray.config import SweepSpec, dotted
 from objmae_ray.errors import ConfigError
 from objmae_ray.sweep.checks import spec_problems
 from objmae_ray.sweep.plan import plan
+from objmae_ray.sweep.pretrained import transfer_study
 
 MAX_NODES = 100_000  # YAML nodes (aliases expanded) a sweep file may have
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -261,6 +263,11 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
         raise SpecError(problems + [p for p, loc in _pydantic_problems(err, source) if loc not in unset]) from None
     except (TypeError, ValueError, RecursionError) as err:  # e.g. unhashable keys in odd YAML
         raise SpecError(problems + [f"{path}: cannot be read as a sweep file ({err.__class__.__name__})"]) from None
+    if spec.pretrained_from and not problems:  # one trial per stored pre-training of that run (sweep/pretrained.py)
+        try:
+            spec = transfer_study(spec)
+        except ConfigError as err:
+            raise SpecError([f"{source.where(('pretrained_from',))}: {err}"]) from None
     problems += spec_problems(spec, source.where)
     if not problems and spec.budget.max_gpu_hours is not None:
         hours = plan(spec).gpu_hours

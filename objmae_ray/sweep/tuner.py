@@ -17,7 +17,9 @@
   run_sweep                    fit or resume to the end; returns the run path and the ResultGrid
 
 Trial config: Tune's `param_space` is the base TrialConfig (fixed search values applied) and the
-searcher adds flat dotted keys (`masking.alpha`) that `space.trial_from_tune_config` writes into it.
+searcher adds flat dotted keys (`masking.alpha`) that `space.trial_from_tune_config` writes into it;
+`_pretrained_store` (`<storage>/pretrained`, unless `reuse_pretraining: false`) lets trials reuse stored
+pre-trainings (objmae_ray/train/reuse.py).
 Resume: Tune saves the searcher, scheduler and trial states in the experiment directory;
 `--resume` restores them (`Tuner.restore(..., resume_errored=True)`), so finished trials are kept
 and not rerun, and unfinished ones restart from their latest Ray Train checkpoint. The Optuna study is
@@ -51,6 +53,7 @@ from objmae_ray.sweep.search import build_search, build_trial_scheduler
 from objmae_ray.sweep.space import TRIAL_INDEX, base_trial, describe, num_configurations, trial_from_tune_config
 from objmae_ray.sweep.study import name_objectives, open_storage, safe_url, study_url
 from objmae_ray.sweep.tracking import MlflowTracking, mlflow_client
+from objmae_ray.train.reuse import store_root
 from objmae_ray.train.trial import tune_trainable
 
 
@@ -96,6 +99,8 @@ def build_tuner(spec: SweepSpec, *, name: str, storage: str | None = None,
     param_space["_storage_path"] = f"{storage.rstrip('/')}/{name}"  # inner Ray Train runs: shared storage
     param_space["_autoscaling"] = autoscaling
     param_space["_study"] = name  # the trials' Prometheus metrics carry it (objmae_ray/train/metrics.py)
+    if spec.reuse_pretraining:  # pre-trainings stored once per key in the storage, reused by any study on it
+        param_space["_pretrained_store"] = store_root(storage)
     return tune.Tuner(
         _with_resources(spec, trainable),
         param_space=param_space,

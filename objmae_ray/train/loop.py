@@ -20,7 +20,12 @@ there, alpha_effective = L / N), lr, loop_start_at / first_step_at (unix times t
 the train loop / made its first optimiser step), transfer<i>_<metric> (phase_key: transfer phase i's latest
 top1 / top5 / val_loss / train_loss, 0.0 until that phase reports, so the last report holds each phase's
 final value: what an objective naming `phase: i` optimises), report_time_s (seconds this worker process spent in
-earlier reports: checkpoint write + upload + Ray's report), done (True on the last report).
+earlier reports: checkpoint write + upload + Ray's report), done (True on the last report), trial_epoch (1-based
+epoch across phases: ASHA's time), and with a reuse plan pretrain_reused_from ("RUN/trial_<id>" or "") and
+pretrain_reuse_note (why a stored pre-training was not used, or "").
+Reuse (train/reuse.py, `config["reuse"]`): mode "reuse" loads the stored pre-training and reports its final
+pre-train epoch once (with a checkpoint) instead of running the phase; a missing or corrupt entry is
+pre-trained afresh and says why; mode "publish" stores the pre-training (rank 0) when the phase ends.
 Rank 0 also exports every report to Prometheus through ray.util.metrics (train/metrics.py; tags from
 config["metric_tags"]), at the report, never per step.
 A checkpoint (checkpoint.py layout) goes with the first report after `checkpoint_minutes` (default 15) of
@@ -79,6 +84,7 @@ from objmae_ray.train.metrics import TrialMetrics
 from objmae_ray.train.optim import build_lr_schedule, build_optimizer
 from objmae_ray.train.precision import Precision
 from objmae_ray.train.pretrain import pretrain_epoch
+from objmae_ray.train.reuse import REUSE_NOTE, REUSED_FROM, ReuseError, ReusePlan, load_weights, publish
 from objmae_ray.train.rules import trial_phases
 from objmae_ray.train.speed import StepTimer, baseline_step_seconds
 
@@ -187,9 +193,13 @@ def _param_hash(model: nn.Module) -> str:
 class TrialRun:
     """State of one trial inside one worker: the ObjMAE model, progress counters and the resume point."""
 
-    def __init__(self, cfg: TrialConfig, worker: Worker, hooks: dict | None = None, speed_cache: str | None = None):
+    def __init__(self, cfg: TrialConfig, worker: Worker, hooks: dict | None = None, speed_cache: str | None = None,
+                 reuse: dict | None = None):
         self.loop_start_at = time.time()
         self.cfg, self.worker, self.hooks = cfg, worker, hooks or {}
+        self.reuse = ReusePlan(**reuse) if reuse else None  # pre-training stored once and reused (train/reuse.py)
+        self.reused_from = ""  # "RUN/trial_<id>" whose stored pre-training this trial loaded
+        self.last_pretrain_report: dict | None = None
         self.speed_cache = speed_cache  # where the supervised baseline step time is cached (train/speed.py)
         self.phases = trial_phases(cfg)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
@@ -219,6 +229,14 @@ class TrialRun:
         self.checkpointed_at = time.monotonic()  # the last checkpoint (or the start): checkpoint_minutes count from it
 
     # -- helpers --
+    def reuse_metrics(self, phase_index: int, epoch: int) -> dict:
+        """`trial_epoch` (1-based epoch across phases: ASHA's time, the same whether the pre-training ran or was
+        reused) and, with a reuse plan, where the pre-training came from or why a stored one was not used."""
+        metrics = {"trial_epoch": sum(p.epochs for _, _, p in self.phases[:phase_index]) + epoch + 1}
+        if self.reuse:
+            metrics.update({REUSED_FROM: self.reused_from, REUSE_NOTE: self.reuse.note})
+        return metrics
+
     def start_epoch(self, phase_index: int) -> int | None:
         """First epoch to run in this phase (None: nothing to run, because the phase has no epochs, i.e. the
         scratch baseline's pre-training, or finished in the checkpoint resumed from)."""
@@ -339,7 +357,9 @@ class TrialRun:
                    "speedup_est": self.speedup, "speedup_measured": self.speedup_measured,
                    "loop_start_at": self.loop_start_at,
                    "first_step_at": self.first_step_at or 0.0, "report_time_s": self.report_time_s,
-                   "done": last_epoch and phase_index + 1 == len(self.phases)}
+                   "done": last_epoch and phase_index + 1 == len(self.phases), **self.reuse_metrics(phase_index, epoch)}
+        if phase_index == 0:
+            self.last_pretrain_report = metrics
         self.worker.export(metrics, phase.epochs)  # rank 0: a few gauge sets, no device sync
         every = self.cfg.checkpoint_every
         interval = (epoch + 1) % every == 0 if every else \
@@ -369,11 +389,67 @@ class TrialRun:
         for phase_index, (_, name, _) in enumerate(self.phases):
             start = self.start_epoch(phase_index)
             if start is None:
+                if name == "pretrain" and self.resume:  # restarted after the pre-training: say where it came from
+                    self.reused_from = str(self.resume["metrics"].get(REUSED_FROM, ""))
+                continue
+            if name == "pretrain" and self.reuse and self.reuse.mode == "reuse" and self.reuse_pretraining(phase_index):
                 continue
             if name == "pretrain":
                 self.pretrain(phase_index, start)
+                self.publish_pretraining()
             else:
                 self.transfer(phase_index, start)
+
+    def _all_ranks(self, ok: bool) -> bool:
+        """ok on every rank of the worker group (rank 0 alone decides nothing)."""
+        import torch.distributed as dist
+
+        if self.worker.world_size == 1 or not dist.is_initialized():
+            return ok
+        flag = torch.tensor([int(ok)], device=self.worker.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+
+    def reuse_pretraining(self, phase_index: int) -> bool:
+        """Load the stored pre-training of this trial's key and report its final pre-train epoch (with a
+        checkpoint), or, when the entry is missing or corrupt, say why and return False (pre-train afresh)."""
+        plan, problem = self.reuse, ""
+        try:
+            record, state = load_weights(plan.store, plan.key)
+            own = self.objmae.state_dict()
+            wrong = sorted(set(own) ^ set(state)) or [k for k in own if own[k].shape != state[k].shape]
+            if wrong:
+                raise ReuseError(f"{plan.store}/{plan.key}: weights do not fit this model ({wrong[0]})")
+        except (ReuseError, OSError) as err:
+            problem = str(err)
+        if not self._all_ranks(not problem):
+            plan.mode, plan.note = "publish", f"stored pre-training not used: {problem or 'failed on another rank'}"
+            print(f"trial {self.cfg.name}: {plan.note}; pre-training afresh", flush=True)
+            return False
+        self.objmae.load_state_dict(state)
+        final = record.get("final_report", {})
+        self.recon_loss = float(final.get("recon_loss", float("nan")))
+        self.pretrain_time_s = float(final.get("pretrain_time_s", 0.0))
+        self.speedup_measured = float(final.get("speedup_measured", float("nan")))
+        self.reused_from = plan.source
+        print(f"trial {self.cfg.name}: pre-training reused from {plan.source}", flush=True)
+        metrics = {k: v for k, v in final.items() if k not in (REUSED_FROM, REUSE_NOTE, "trial_epoch")}
+        self.report(metrics, phase_index=phase_index, epoch=self.cfg.pretrain.epochs - 1, optimizer=_NO_STATE,
+                    scheduler=_NO_STATE, updates=int(final.get("updates", 0)))
+        return True
+
+    def publish_pretraining(self) -> None:
+        """Rank 0 stores the finished pre-training under its key (train/reuse.py) when this trial claimed it."""
+        plan, final = self.reuse, self.last_pretrain_report
+        if (self.worker.rank != 0 or plan is None or plan.mode != "publish" or final is None
+                or final["epoch"] + 1 != self.cfg.pretrain.epochs):
+            return
+        try:
+            entry = publish(plan.store, plan.key, state=self.objmae.state_dict(), fields=plan.fields,
+                            source=plan.run, final_report=final)
+            print(f"trial {self.cfg.name}: pre-training stored at {entry}", flush=True)
+        except OSError as err:  # the trial's own result stands; only later trials pre-train again
+            print(f"trial {self.cfg.name}: cannot store the pre-training ({err})", flush=True)
 
     def resume_state(self, phase_index: int) -> dict | None:
         if self.resume and self.resume["train_state"]["phase_index"] == phase_index:
@@ -496,8 +572,20 @@ class TrialRun:
                         updates=(epoch + 1) * len(loader), classifier=classifier)
 
 
+class _NoState:
+    """Optimizer / scheduler stand-in of a reused pre-training's checkpoint (nothing to resume in that phase)."""
+
+    @staticmethod
+    def state_dict() -> dict:
+        return {}
+
+
+_NO_STATE = _NoState()
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Ray Train loop: config = {"trial": TrialConfig.model_dump(), "hooks": dict | None, "speed_cache": str | None,
-    "metric_tags": dict | None (train/metrics.py)}."""
+    "metric_tags": dict | None (train/metrics.py), "reuse": ReusePlan dict | None}."""
     cfg = trial_from_dict(config["trial"])
-    TrialRun(cfg, ray_worker(cfg, config.get("metric_tags")), config.get("hooks"), config.get("speed_cache")).run()
+    TrialRun(cfg, ray_worker(cfg, config.get("metric_tags")), config.get("hooks"), config.get("speed_cache"),
+             config.get("reuse")).run()

@@ -23,7 +23,9 @@ run's checkpoint history from storage).
 Reserved config keys (every key starting with "_" is dropped before TrialConfig validation):
 `_storage_path` (above), `_autoscaling` (true: the cluster has an autoscaler, so live resources are not
 compared), `_study` / `_searched` (the sweep's name and the trial's searched values, tags of its Prometheus
-metrics: train/metrics.py) and `_hooks` (tests/benchmarks only, see objmae_ray/train/loop.py).
+metrics: train/metrics.py), `_pretrained_store` (`<storage>/pretrained`: a finished pre-training with the
+same key is reused, concurrent trials with one key wait for one pre-training; objmae_ray/train/reuse.py)
+and `_hooks` (tests/benchmarks only, see objmae_ray/train/loop.py).
 
 Fault tolerance (objmae_ray/train/failures.py): the worker group restarts from the latest registered
 checkpoint after every worker or node loss (a spot reclaim, a killed process; up to `max_restarts`) and
@@ -51,6 +53,7 @@ import yaml
 from objmae_ray.config import TrialConfig, trial_from_dict
 from objmae_ray.errors import ConfigError
 from objmae_ray.train.loop import train_loop_per_worker
+from objmae_ray.train.reuse import pretraining_plan, release
 from objmae_ray.train.rules import trial_phases, trial_problems
 from objmae_ray.train.speed import BASELINE_DIR
 
@@ -177,7 +180,7 @@ def check_data(cfg: TrialConfig, *, wait_note_s: float = 30.0) -> None:
 
 
 def build_trainer(cfg: TrialConfig, *, storage_path: str, name: str, callbacks: list | None = None,
-                  hooks: dict | None = None, metric_tags: dict | None = None):
+                  hooks: dict | None = None, metric_tags: dict | None = None, reuse: dict | None = None):
     """The TorchTrainer (Train V2) of one trial: worker group, failure retries (losses and errors apart,
     train/failures.py), checkpoint retention."""
     import ray.train
@@ -193,7 +196,7 @@ def build_trainer(cfg: TrialConfig, *, storage_path: str, name: str, callbacks: 
         resources["GPU"] = res.gpus_per_worker
     return ObjmaeTorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"trial": cfg.model_dump(), "hooks": hooks, "metric_tags": metric_tags,
+        train_loop_config={"trial": cfg.model_dump(), "hooks": hooks, "metric_tags": metric_tags, "reuse": reuse,
                            "speed_cache": f"{str(storage_path).rstrip('/')}/{BASELINE_DIR}"},
         scaling_config=ray.train.ScalingConfig(num_workers=res.num_workers, use_gpu=res.use_gpu,
                                                resources_per_worker=resources),
@@ -248,12 +251,18 @@ def tune_trainable(config: dict) -> None:
     else:
         storage_path, name = ctx.get_trial_dir(), "train"
     tags = {"study": config.get("_study", ""), "trial_id": ctx.get_trial_id(), "searched": config.get("_searched", "")}
-    trainer = build_trainer(cfg, storage_path=storage_path, name=name, callbacks=[TuneReportCallback()],
-                            hooks=config.get("_hooks"), metric_tags=tags)
+    plan, claim = None, None
+    if config.get("_pretrained_store") and cfg.pretrain.epochs > 0:  # reuse a stored pre-training (train/reuse.py)
+        run = str(config.get("_storage_path") or Path(ctx.get_trial_dir()).parent).rstrip("/").rsplit("/", 1)[-1]
+        plan, claim = pretraining_plan(cfg, str(config["_pretrained_store"]), run=f"{run}/trial_{ctx.get_trial_id()}")
     try:
+        trainer = build_trainer(cfg, storage_path=storage_path, name=name, callbacks=[TuneReportCallback()],
+                                hooks=config.get("_hooks"), metric_tags=tags, reuse=plan.to_dict() if plan else None)
         trainer.fit()
     except ray.train.TrainingFailedError as err:
         raise TrialError(f"trial {ctx.get_trial_name()}: {_failure_reason(err)}") from err
+    finally:
+        release(claim)
 
 
 def main(argv: list[str] | None = None) -> int:
