@@ -440,6 +440,8 @@ def test_coco_share_scenes_are_keyed_and_leave_the_default_set_alone(tmp_path):
     assert (a / "train" / "000003.png").read_bytes() != (b / "train" / "000003.png").read_bytes()
     info = json.loads((a / "annotations" / "instances_train.json").read_text())["info"]
     assert info["object_ratio"] == 0.34
+    with pytest.raises(ConfigError, match=r"^data.object_ratio: -0.1 must be in \(0, 1\)$"):
+        synthetic.ensure_synthetic(tmp_path, num_images=8, img_size=32, object_ratio=-0.1)
 
 
 def test_object_path_on_coco_share_scenes(coco_share):

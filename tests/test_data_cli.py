@@ -54,6 +54,10 @@ def test_coco_share_scenes_have_the_papers_mean_object_ratio(cache, capsys):
     assert stats["object_ratio"]["share_lt_0.05"] > 0.5  # most objects are small, as on COCO (Fig. 5)
     rc, out, _ = run(capsys, ["stats", *args])
     assert rc == 0 and 0.15 <= json.loads(out)["object_ratio"]["eligible_mean"] <= 0.25
+    with pytest.raises(SystemExit):
+        main(["synth", "--cache", str(cache), "--object-ratio", "1.5"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.endswith("argument --object-ratio: '1.5' is not a number in (0, 1)")
 
 
 def test_ratio_stats_numbers():

@@ -28,6 +28,8 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from objmae_ray.errors import ConfigError
+
 VERSION = 2
 SHAPES = ("circle", "square", "triangle")
 COLOURS = np.array([[220, 40, 40], [40, 200, 60], [50, 90, 230], [240, 220, 40],
@@ -167,6 +169,8 @@ def ensure_synthetic(root: str | Path | None = None, num_images: int = 512, img_
     Returns the dataset root (holding `annotations/`, `train/`, `val/`); reuses it when it exists.
     object_ratio: the main object's mean share of the image (None: the v2 scenes); see `main_radius`.
     """
+    if object_ratio is not None and not 0.0 < object_ratio < 1.0:
+        raise ConfigError(f"data.object_ratio: {object_ratio} must be in (0, 1)")
     num_val = max(1, num_images // 4) if num_val is None else num_val
     cache = Path(root) if root is not None else default_cache_dir()
     final = cache / dataset_key(num_images, num_val, img_size, seed, object_ratio)
