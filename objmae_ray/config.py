@@ -73,6 +73,7 @@ class DataConfig(_Strict):
     val_split: str = "val"
     cam_cache: Optional[str] = None  # per-dataset CAM cache built by `objmae-data cam` (selection=cam)
     num_images: int = Field(512, gt=0)  # synthetic only: images in the train split
+    object_ratio: Optional[float] = Field(None, gt=0.0, lt=1.0)  # synthetic only: mean object ratio (None: v2 scenes)
     max_objects: int = Field(20, gt=0)  # object slots per image (ratio >= 0.05 allows at most 20 disjoint)
     loader_workers: int = Field(2, ge=0)  # DataLoader processes (JPEG path) or gather threads (store)
     store: Optional[str] = None  # packed store directory, or "auto" (synthetic only)

@@ -41,6 +41,25 @@ def test_synth_then_stats(cache, tmp_path, capsys):
     assert Image.open(png).size[0] > 100
 
 
+def test_coco_share_scenes_have_the_papers_mean_object_ratio(cache, capsys):
+    """`--object-ratio 0.34`: the paper's COCO statistic (mean object ratio 0.34 over the objects of ratio >= 0.05,
+    every image kept) computed on the generated set; the default v2 scenes stay at ~0.2."""
+    args = ["--root", str(cache), "--num-images", "256", "--img-size", "32", "--patch-size", "4"]
+    rc, out, _ = run(capsys, ["stats", *args, "--object-ratio", "0.34"])
+    assert rc == 0
+    stats = json.loads(out)
+    assert stats["images"]["kept"] == stats["images"]["images"] == 256
+    assert 0.30 <= stats["object_ratio"]["eligible_mean"] <= 0.38
+    assert stats["object_ratio"]["eligible_count"] == 256  # one eligible object per scene: the distractors are < 0.05
+    assert stats["object_ratio"]["share_lt_0.05"] > 0.5  # most objects are small, as on COCO (Fig. 5)
+    rc, out, _ = run(capsys, ["stats", *args])
+    assert rc == 0 and 0.15 <= json.loads(out)["object_ratio"]["eligible_mean"] <= 0.25
+    with pytest.raises(SystemExit):
+        main(["synth", "--cache", str(cache), "--object-ratio", "1.5"])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.endswith("argument --object-ratio: '1.5' is not a number in (0, 1)")
+
+
 def test_ratio_stats_numbers():
     import numpy as np
 

@@ -24,7 +24,8 @@ PAPER = ["alpha", "selection", "padding", "patch_size", "transfer"]
 
 @pytest.fixture
 def data_roots(monkeypatch):
-    for var in ("OBJMAE_COCO_ROOT", "OBJMAE_IN100_ROOT", "OBJMAE_CIFAR_ROOT", "OBJMAE_IN100_CAM"):
+    for var in ("OBJMAE_COCO_ROOT", "OBJMAE_IN100_ROOT", "OBJMAE_CIFAR_ROOT", "OBJMAE_IN100_CAM", "OBJMAE_COCO_STORE",
+                "OBJMAE_IN100_STORE", "OBJMAE_IN100_CAM_STORE", "OBJMAE_CIFAR_STORE"):
         monkeypatch.setenv(var, f"/data/{var.lower()}")
 
 

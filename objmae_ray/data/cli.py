@@ -1,7 +1,7 @@
 """`objmae-data`: make the synthetic set, pack a dataset into a store, object-ratio statistics (Fig. 5),
 CAM cache, Fig. 4 pictures.
 
-  objmae-data synth [--cache DIR] [--num-images N] [--img-size S] [--seed K]
+  objmae-data synth [--cache DIR] [--num-images N] [--img-size S] [--seed K] [--object-ratio R]
   objmae-data pack --kind coco --root DIR --split train2014 [--split val2014] --out STORE [--workers N | --ray auto]
   objmae-data verify STORE [--split S]
   objmae-data stats --kind coco --root DIR [--ann-file F] [--split train2017] [--png hist.png]
@@ -31,29 +31,46 @@ from objmae_ray.errors import ConfigError
 from objmae_ray.method.masking import sample_masks
 
 
+OBJECT_RATIO_HELP = "synthetic: mean object ratio of the scenes (0.34: COCO's; default: the v2 scenes, ~0.2)"
+
+
+def object_ratio_arg(text: str) -> float:
+    """--object-ratio: a number in (0, 1), else argparse's one-line error."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number in (0, 1)")
+    return value
+
+
 def _add_dataset_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kind", choices=["synthetic", "coco"], default="synthetic")  # the segmentation kinds
     p.add_argument("--root", default=None, help="COCO root (coco) or cache dir (synthetic)")
     p.add_argument("--ann-file", default=None, help="instances JSON, relative to --root unless absolute")
     p.add_argument("--split", default="train", help="split directory name, e.g. train2017")
     p.add_argument("--num-images", type=int, default=512, help="synthetic: images in the train split")
+    p.add_argument("--object-ratio", type=object_ratio_arg, default=None, help=OBJECT_RATIO_HELP)
     p.add_argument("--img-size", type=int, default=224)
     p.add_argument("--patch-size", type=int, default=16)
     p.add_argument("--min-ratio", type=float, default=0.05)
 
 
 def _data_config(args) -> DataConfig:
-    return DataConfig(kind=args.kind, root=args.root, ann_file=args.ann_file, num_images=args.num_images)
+    return DataConfig(kind=args.kind, root=args.root, ann_file=args.ann_file, num_images=args.num_images,
+                      object_ratio=args.object_ratio)
 
 
 def cmd_synth(args) -> dict:
-    root = ensure_synthetic(args.cache, num_images=args.num_images, img_size=args.img_size, seed=args.seed)
+    root = ensure_synthetic(args.cache, num_images=args.num_images, img_size=args.img_size, seed=args.seed,
+                            object_ratio=args.object_ratio)
     return {"root": str(root)}
 
 
 def cmd_pack(args) -> dict:
     cfg = DataConfig(kind=args.kind, root=args.root, ann_file=args.ann_file, cam_cache=args.cam_cache,
-                     num_images=args.num_images, max_objects=args.max_objects)
+                     num_images=args.num_images, max_objects=args.max_objects, object_ratio=args.object_ratio)
     layout = Layout(short_side=args.short_side, max_side=args.max_side, max_objects=args.max_objects)
     executor = "process"
     if args.ray:
@@ -143,6 +160,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--num-images", type=int, default=512)
     s.add_argument("--img-size", type=int, default=64)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--object-ratio", type=object_ratio_arg, default=None, help=OBJECT_RATIO_HELP)
     s.set_defaults(run=cmd_synth)
     s = sub.add_parser("pack", help="pack dataset splits into a store read by `data.store` (docs/DATA.md)")
     s.add_argument("--kind", choices=list(DATASET_KINDS), required=True)
@@ -162,6 +180,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--num-images", type=int, default=512, help="synthetic: images in the train split")
     s.add_argument("--img-size", type=int, default=64, help="synthetic: image size")
     s.add_argument("--seed", type=int, default=0, help="synthetic: seed")
+    s.add_argument("--object-ratio", type=object_ratio_arg, default=None, help=OBJECT_RATIO_HELP)
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(run=cmd_pack)
     s = sub.add_parser("verify", help="check every record of a store against its CRC-32")
