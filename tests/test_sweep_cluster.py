@@ -115,7 +115,7 @@ def test_node_started_without_token_auth_is_refused(tmp_path, name):
     config = yaml.safe_load((CLUSTER / name).read_text())
     config["worker_start_ray_commands"] = [c.replace("RAY_AUTH_MODE=token ", "")
                                            for c in config["worker_start_ray_commands"]]
-    with pytest.raises(ConfigError, match=r"worker_start_ray_commands/1: `ray start` without RAY_AUTH_MODE=token"):
+    with pytest.raises(ConfigError, match=r"worker_start_ray_commands/\d: `ray start` without RAY_AUTH_MODE=token"):
         load_cluster_config(_write(tmp_path, config))
 
 
