@@ -133,12 +133,14 @@ def sweep_main(argv: list[str] | None = None) -> int:
     try:
         specs = [(file, load_spec(file, args.overrides)) for file in args.files]
         if validate_only:
+            targets = {}
             for file, spec in specs:
                 cluster_line, target = _check_cluster_file(file, spec, args.cluster) if args.cluster else (None, None)
+                targets[file] = target
                 source = source_line(spec)
                 print("\n".join(plan(spec, target).lines(spec) + ([source] if source else [])
                                 + ([cluster_line] if cluster_line else [])))
-            print("\n".join(reuse_lines(specs) + [f"{file}: OK" for file, _ in specs]))
+            print("\n".join(reuse_lines(specs, targets) + [f"{file}: OK" for file, _ in specs]))
             return 0
         for file, spec in specs:
             if args.cluster:

@@ -120,3 +120,15 @@ def test_pretrained_from_a_run_with_one_pre_training_is_one_trial(run_dir, tmp_p
 
     assert list(optuna_space(spec)) == ["seed"]
     assert [reuse.pretrain_key(c) for c in planned_configs(spec)[0]] == [reuse.pretrain_key(source)]
+
+
+def test_reuse_hours_use_the_clusters_gpu_like_the_plan(data_roots, capsys):
+    """`validate --cluster`: the reuse summary prices trials on the cluster's GPU, as the plan lines above it
+    do, so a study's GPU-hours without reuse equal its plan's total."""
+    import re
+
+    assert sweep_main(["validate", str(REPO / "search_spaces" / "transfer.yaml"),
+                       "--cluster", str(REPO / "cluster" / "gpu.yaml")]) == 0
+    out = capsys.readouterr().out
+    total = re.search(r"([\d.]+) GPU-hours in all", out).group(1)
+    assert re.search(rf"transfer.yaml: 4 trials, .*; {re.escape(total)} GPU-h without reuse", out), out

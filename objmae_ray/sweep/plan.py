@@ -199,12 +199,18 @@ def per_cpu(path: str) -> float:
     return LOADER_IMAGES_PER_CORE[path] * VCPU_SHARE
 
 
+def resolve_target(spec: SweepSpec, target: Target | None) -> tuple[Target, float]:
+    """(the GPU trials are planned on, its sustained TFLOP/s): `target` (cli: from --cluster), else
+    estimate.gpu, else no GPU model; estimate.gpu_tflops overrides the rate."""
+    if target is None:
+        target = Target(gpu=GPUS[spec.estimate.gpu]) if spec.estimate.gpu in GPUS else Target()
+    return target, spec.estimate.gpu_tflops or (target.gpu.sustained_tflops if target.gpu else DEFAULT_TFLOPS)
+
+
 def plan(spec: SweepSpec, target: Target | None = None) -> Plan:
     """Trial count, each checked configuration's bounds and the GPU-hours estimate (module docstring).
     `target`: where trials run (cli: from --cluster); default: estimate.gpu, else no GPU model."""
-    if target is None:
-        target = Target(gpu=GPUS[spec.estimate.gpu]) if spec.estimate.gpu in GPUS else Target()
-    tflops = spec.estimate.gpu_tflops or (target.gpu.sustained_tflops if target.gpu else DEFAULT_TFLOPS)
+    target, tflops = resolve_target(spec, target)
     bounds = []
     for values in [case.values for case in checked_cases(spec)[:PLAN_SAMPLE]] or [{}]:
         cfg = trial_from_dict(spec.base.model_dump(), values)
@@ -267,9 +273,9 @@ def phase_costs(cfg: TrialConfig, spec: SweepSpec, *, target: Target | None = No
                 tflops: float | None = None) -> list[PhaseCost]:
     """Every phase's rates, bound, wall time, GPU-hours, memory and checkpoints (module docstring)."""
     model, res = cfg.model, cfg.resources
-    target = target or Target()
+    target, resolved = resolve_target(spec, target)
     devices = res.gpus_per_worker if res.use_gpu else 1.0
-    tflops = tflops or spec.estimate.gpu_tflops or DEFAULT_TFLOPS
+    tflops = tflops or resolved
     flop_rate = devices * tflops * 1e12  # per worker
     step = supervised_flops(model.preset, model.img_size, model.patch_size)
     phases = [("pre-train", cfg.pretrain, _images(cfg.pretrain.data, spec.estimate.pretrain_images),

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from objmae_ray.config import SweepSpec, TrialConfig, trial_from_dict
 from objmae_ray.errors import ConfigError
 from objmae_ray.sweep.checks import checked_cases
-from objmae_ray.sweep.plan import phase_costs
+from objmae_ray.sweep.plan import Target, phase_costs
 from objmae_ray.sweep.rundir import is_remote, join, load_run_spec, run_name, storage_uri, trial_dirs
 from objmae_ray.sweep.space import base_trial, configuration_rows, grid_values, num_configurations, searched, \
     trial_from_tune_config
@@ -90,9 +90,10 @@ def _stored(storage: str, key: str, cache: dict[tuple[str, str], bool]) -> bool:
     return cache[(storage, key)]
 
 
-def reuse_plan(files: list[tuple[str, SweepSpec]]) -> ReusePlan:
+def reuse_plan(files: list[tuple[str, SweepSpec]], targets: dict[str, Target | None] | None = None) -> ReusePlan:
     """Each file's trials in order (files run one after the other, as `objmae-sweep A.yaml B.yaml` does): the
-    first trial of a key pre-trains, every later one with that key (same storage) reuses it."""
+    first trial of a key pre-trains, every later one with that key (same storage) reuses it. `targets`: the
+    GPU each file is planned on (`validate --cluster`), as its own plan lines use."""
     seen: set[tuple[str, str]] = set()
     cache: dict[tuple[str, str], bool] = {}
     result = ReusePlan()
@@ -101,7 +102,7 @@ def reuse_plan(files: list[tuple[str, SweepSpec]]) -> ReusePlan:
         configs, study.exact = planned_configs(spec)
         storage = storage_uri(spec.storage) if not is_remote(spec.storage) else spec.storage
         for cfg in configs:
-            costs = phase_costs(cfg, spec)
+            costs = phase_costs(cfg, spec, target=(targets or {}).get(file))
             total = sum(p.gpu_hours for p in costs)
             pretrain = sum(p.gpu_hours for p in costs if p.name == PRETRAIN_PHASE)
             study.trials += 1
@@ -123,9 +124,9 @@ def reuse_plan(files: list[tuple[str, SweepSpec]]) -> ReusePlan:
     return result
 
 
-def reuse_lines(files: list[tuple[str, SweepSpec]]) -> list[str]:
+def reuse_lines(files: list[tuple[str, SweepSpec]], targets: dict[str, Target | None] | None = None) -> list[str]:
     """What `objmae-sweep validate` prints about pre-training reuse (one line per file, then the total)."""
-    plan = reuse_plan(files)
+    plan = reuse_plan(files, targets)
     lines = ["pre-training reuse (same key: model, masking, pre-train phase, data, seed, code; "
              "objmae_ray/train/reuse.py):"]
     for s in plan.studies:

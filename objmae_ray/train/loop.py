@@ -41,7 +41,8 @@ exceeds the GPU's runs with gradient accumulation (PhaseOptim.accum_steps, metho
 
 Reproducibility: model init from torch.manual_seed(seed); every epoch re-seeds torch / random / numpy,
 the DataLoader generator and the mask generator from (seed, phase, epoch, rank); the DistributedSampler
-uses (seed, epoch). So a run resumed from a checkpoint reproduces a clean run's numbers exactly on the
+uses (seed, epoch); a JPEG sample's augmentation is seeded from (that epoch seed, its index), so persistent
+loader workers carry no RNG state across epochs (data/seeded.py). So a run resumed from a checkpoint reproduces a clean run's numbers exactly on the
 same hardware, and at most the interrupted epoch is redone.
 
 Test hooks (`hooks`, never set by a sweep): {"kill_at": [phase, epoch, step] or a list of them,
@@ -73,6 +74,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from objmae_ray.config import PHASE_METRICS, PhaseOptim, TrialConfig, phase_key, trial_from_dict
 from objmae_ray.data import (TimedLoader, build_classification_dataset, build_packed_loader, build_pretrain_dataset,
                              low_label_positions)
+from objmae_ray.data.seeded import EpochSeeded
 from objmae_ray.errors import ConfigError
 from objmae_ray.method.flops import speedup_estimate
 from objmae_ray.method.memory import planned_accumulation
@@ -227,6 +229,7 @@ class TrialRun:
         self.first_step_at: float | None = None
         self.report_time_s = 0.0  # time this process spent in earlier reports (checkpoint write + Ray report)
         self.checkpointed_at = time.monotonic()  # the last checkpoint (or the start): checkpoint_minutes count from it
+        self.seeded: dict[int, EpochSeeded] = {}  # a phase's JPEG training set, seeded per sample (seed_epoch)
 
     # -- helpers --
     def reuse_metrics(self, phase_index: int, epoch: int) -> dict:
@@ -257,6 +260,8 @@ class TrialRun:
         random.seed(seed)
         np.random.seed(seed % 2**32)
         generator.manual_seed(seed)
+        if phase_index in self.seeded:  # the JPEG loader's augmentations: per sample, from (seed, index)
+            self.seeded[phase_index].set_epoch_seed(seed)
         sampler = getattr(loader, "sampler", None)
         if hasattr(sampler, "set_epoch"):  # DistributedSampler (world_size > 1): same order on every rank
             sampler.seed = self.cfg.seed
@@ -268,10 +273,12 @@ class TrialRun:
         path, _, phase = self.phases[phase_index]
         per_worker = phase.batch_size // self.worker.world_size
         generator = torch.Generator()
-        # pinned host batches: the copy to the GPU is asynchronous (non_blocking in the step). Workers are not
-        # persistent: a persistent worker keeps its RNG across epochs, so a resumed run's augmentations would differ
+        # pinned host batches: the copy to the GPU is asynchronous (non_blocking in the step). Persistent workers
+        # (no process start-up per epoch): every sample is seeded from (epoch seed, index) (data/seeded.py), so
+        # a resumed run augments exactly as a clean one, whatever the number of workers
+        self.seeded[phase_index] = dataset = EpochSeeded(dataset)
         loader = DataLoader(dataset, batch_size=per_worker, shuffle=True, drop_last=True, generator=generator,
-                            num_workers=phase.data.loader_workers, persistent_workers=False,
+                            num_workers=phase.data.loader_workers, persistent_workers=phase.data.loader_workers > 0,
                             pin_memory=self.worker.device.type == "cuda")
         loader = self.worker.prepare_loader(loader, add_dist_sampler=True)
         self.check_steps(loader, phase_index, len(dataset))
