@@ -117,6 +117,7 @@ base:
     - {{epochs: 1, warmup_epochs: 0, batch_size: 16, lr: 1.0e-3, data: {transfer_data}}}
   resources: {{num_workers: 1, cpus_per_worker: {cpus_per_worker}}}
   max_failures: 1
+  checkpoint_every: 1   # every epoch (the default, every 15 minutes, never comes in a test)
 {extra}""")
     return path
 
