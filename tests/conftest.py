@@ -36,9 +36,9 @@ def ray_cluster(tmp_path_factory):
     docs/ARCHITECTURE.md: Train's cleanup needs the State API), plus two worker nodes of
     OBJMAE_TEST_CPUS CPUs each, so every Ray test also exercises multi-node placement.
     Like cluster/*.yaml, it starts with token authentication (a session token in a temporary file,
-    RAY_AUTH_TOKEN_PATH; this machine's ~/.ray/auth_token is left alone) and Train state tracking on
-    (the dashboard's Train API). Both are environment variables that the test process's children
-    (`objmae-sweep` drivers) inherit.
+    RAY_AUTH_TOKEN_PATH; this machine's ~/.ray/auth_token is left alone), Train state tracking on
+    (the dashboard's Train API) and a local `objmae-sweep`'s Train poll interval (RAY_START_ENV). All are
+    environment variables that the test process's children (`objmae-sweep` drivers) inherit.
     Tests that remove nodes must add their own node first and remove only that one.
     """
     import secrets
@@ -48,7 +48,9 @@ def ray_cluster(tmp_path_factory):
 
     token = tmp_path_factory.mktemp("ray-auth") / "auth_token"
     token.write_text(secrets.token_hex(32))
-    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), RAY_TRAIN_ENABLE_STATE_TRACKING="1")
+    from objmae_ray.sweep.tuner import RAY_START_ENV
+
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token), **RAY_START_ENV)
     # this process read Ray's config when ray was imported: reload it and the token, as Ray's own
     # ray.init does when it turns token auth on (authentication_token_setup._enable_token_auth)
     from ray._raylet import AuthenticationTokenLoader, Config
