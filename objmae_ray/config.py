@@ -73,11 +73,17 @@ class DataConfig(_Strict):
     val_split: str = "val"
     cam_cache: Optional[str] = None  # per-dataset CAM cache built by `objmae-data cam` (selection=cam)
     num_images: int = Field(512, gt=0)  # synthetic only: images in the train split
+    num_val: Optional[int] = Field(None, gt=0)  # synthetic only: images in the val split (None: num_images // 4)
     object_ratio: Optional[float] = Field(None, gt=0.0, lt=1.0)  # synthetic only: mean object ratio (None: v2 scenes)
     max_objects: int = Field(20, gt=0)  # object slots per image (ratio >= 0.05 allows at most 20 disjoint)
     loader_workers: int = Field(2, ge=0)  # DataLoader processes (JPEG path) or gather threads (store)
     store: Optional[str] = None  # packed store directory, or "auto" (synthetic only)
     hflip: bool = False  # pre-training: random horizontal flip of image and object / CAM maps together
+
+    @property
+    def val_images(self) -> int:
+        """Synthetic only: images in the val split (`num_val`, or a quarter of the train split)."""
+        return self.num_val or max(1, self.num_images // 4)
 
 
 class PhaseOptim(_Strict):
@@ -350,12 +356,15 @@ class PaperRow(_Strict):
 
 class Configuration(BaseModel):
     """One row of `configurations`: {key: value} (dotted TrialConfig paths or short names), plus an optional
-    `paper` annotation saying which paper row it reproduces. `settings` holds the keys and values."""
+    `paper` annotation saying which paper row it reproduces, and `baseline: true` on the row every other row
+    is compared with (the tables' "vs baseline" column, Welch's t-test over the repeats; at most one row).
+    `settings` holds the keys and values."""
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
     __pydantic_extra__: dict[str, Scalar] = Field(init=False)
 
     paper: Optional[PaperRow] = None
+    baseline: bool = False
 
     @property
     def settings(self) -> dict[str, Any]:

@@ -231,6 +231,24 @@ def test_synthetic_is_deterministic_and_keyed(tmp_path):
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == sorted([a.name, c.name, d.name])  # no temp dirs
 
 
+def test_synthetic_validation_split_size(tmp_path):
+    """data.num_val sizes the val split (a quarter of num_images by default); the train split, the store's
+    key and the dataset a phase reads follow it."""
+    from objmae_ray.config import DataConfig
+    from objmae_ray.data.layout import coco_paths
+    from objmae_ray.data.pack import auto_store_path
+
+    default, larger = DataConfig(num_images=8, root=str(tmp_path)), DataConfig(num_images=8, num_val=12, root=str(tmp_path))
+    assert (default.val_images, larger.val_images) == (2, 12)
+    counts = {}
+    for cfg in (default, larger):
+        for split in ("train", "val"):
+            _, ann = coco_paths(cfg, split, img_size=32)
+            counts[cfg.val_images, split] = len(json.loads(ann.read_text())["images"])
+    assert counts == {(2, "train"): 8, (2, "val"): 2, (12, "train"): 8, (12, "val"): 12}
+    assert auto_store_path(default, img_size=32) != auto_store_path(larger, img_size=32)
+
+
 def test_synthetic_interrupted_generation_leaves_nothing(tmp_path, monkeypatch):
     real = synthetic.write_split
 

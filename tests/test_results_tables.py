@@ -15,7 +15,7 @@ from objmae_ray.config import SweepSpec
 from objmae_ray.results.page import write_report, write_results
 from objmae_ray.results.records import TrialRecord, records_from_dir
 from objmae_ray.results.stats import pareto_front, welch_p
-from objmae_ray.results.tables import (NoiseTest, Row, csv_text, html_table, markdown, measured_speedup, noise_calls,
+from objmae_ray.results.tables import (NoiseTest, Row, csv_text, html_table, markdown, measured_speedup, noise_calls, note,
                                        objective_key, paper_table, pivot, results_table, shown_speedup, speedup_kind)
 from objmae_ray.sweep.rundir import save_spec
 from objmae_ray.sweep.space import TRIAL_INDEX
@@ -560,6 +560,37 @@ def test_noise_calls_against_the_best_row():
     level = welch_p([82.0, 83.0], [83.0, 84.0])
     rows = [row(83.5, [83.0, 84.0]), row(82.5, [82.0, 83.0])]
     assert noise_calls(NoiseTest("v", "max", level), rows) == ["best", "≈ p=0.29"]
+
+
+def test_vs_baseline_compares_every_row_with_the_marked_row():
+    """`baseline: true` on a list study's random-encoder row: a second noise column, against that row, in the
+    results form (Markdown and CSV); the best row still gets its "vs best" call."""
+    spec = SweepSpec.model_validate({
+        "study": "s", "objectives": [{"metric": "top1", "mode": "max"}], "sampler": {"kind": "list"}, "repeats": 2,
+        "base": BASE, "significance": "welch",
+        "configurations": [{"pretrain.epochs": 0, "baseline": True}, {"selection": "mae"}, {"selection": "object"}]})
+    random, mae, obj = ({"pretrain.epochs": 0, "masking.selection": "object"}, {"pretrain.epochs": 1, "masking.selection": "mae"},
+                        {"pretrain.epochs": 1, "masking.selection": "object"})
+    records = [record("a", random, [(60.0, 90.0)]), record("b", random, [(62.0, 90.0)]),
+               record("c", mae, [(70.0, 90.0)]), record("d", mae, [(73.0, 90.0)]),
+               record("e", obj, [(63.0, 90.0)]), record("f", obj, [(64.0, 90.0)])]
+    table = results_table(spec)
+    assert [(t.key, t.against) for t in table.noise] == [("top1", None), ("top1", ("object", 0))]
+    header, *rows = md_rows(markdown(table, pivot(records, table, spec)))
+    calls = {row[1]: row[header.index("vs best")] + " / " + row[header.index("vs baseline")] for row in rows}
+    def call(ours, theirs):
+        p = welch_p(ours, theirs)
+        return f"≈ p={p:.2g}" if p >= 0.05 else f"≠ p={p:.2g}"
+
+    assert welch_p([70.0, 73.0], [60.0, 62.0]) < 0.05 <= welch_p([63.0, 64.0], [60.0, 62.0])  # both calls occur
+    assert calls == {"selection=mae, pretrain.epochs=1": f"best / {call([70.0, 73.0], [60.0, 62.0])}",
+                     "selection=object, pretrain.epochs=1": f"{call([63.0, 64.0], [70.0, 73.0])} / "
+                                                            f"{call([63.0, 64.0], [60.0, 62.0])}",
+                     "selection=object, pretrain.epochs=0": f"{call([60.0, 62.0], [70.0, 73.0])} / baseline"}
+    assert "against the best row (vs best) and the baseline row (vs baseline)" in note(table, pivot(records, table, spec))
+    assert csv_text(table, pivot(records, table, spec)).splitlines()[0].endswith("vs_best_top1,vs_baseline_top1")
+    # the baseline row has not run (yet): no call against it
+    assert noise_calls(table.noise[1], pivot(records[2:], table, spec), table.dims) == ["-", "-"]
 
 
 def test_an_objective_naming_a_phase_ranks_and_picks_the_best_by_that_phase():

@@ -27,7 +27,7 @@ def coco_paths(cfg: DataConfig, split: str, *, img_size: int, seed: int = 0) -> 
     """(image dir, instances JSON) of one split of a COCO-format dataset (synthetic: generated if needed)."""
     if cfg.kind == "synthetic":
         root = ensure_synthetic(cfg.root, num_images=cfg.num_images, img_size=img_size, seed=seed,
-                                object_ratio=cfg.object_ratio)
+                                num_val=cfg.val_images, object_ratio=cfg.object_ratio)
         return root / split, root / "annotations" / f"instances_{split}.json"
     root = dataset_root(cfg)
     ann = Path(cfg.ann_file.replace("{split}", split)) if cfg.ann_file else Path("annotations") / f"instances_{split}.json"

@@ -532,7 +532,7 @@ def pack_split(source: Source, out: str | Path, *, shard_size: int = 512, worker
 def auto_store_path(cfg: DataConfig, *, img_size: int, seed: int = 0, layout: Layout = Layout()) -> Path:
     """Where `store: auto` keeps the packed synthetic set: <cache>/packed/<synthetic key>-s<short>-m<max>."""
     cache = Path(cfg.root) if cfg.root is not None else default_cache_dir()
-    key = dataset_key(cfg.num_images, max(1, cfg.num_images // 4), img_size, seed, cfg.object_ratio)
+    key = dataset_key(cfg.num_images, cfg.val_images, img_size, seed, cfg.object_ratio)
     return cache / "packed" / f"{key}-s{layout.short_side}-m{layout.max_side}-k{cfg.max_objects}"
 
 

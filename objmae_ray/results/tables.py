@@ -29,7 +29,8 @@ Objectives: the results form ranks by the first objective's column; one naming a
 Noise: with `significance: welch` (the default) every table compares each row's repeats of the first
 objective (Table 5: each phase's top-1) with the best row's (Welch's t-test, `significance_level`) and
 marks the rows whose difference is within the seed noise ("≈"); with one repeat per row no call can be
-made, and the note says so.
+made, and the note says so. A configuration marked `baseline: true` (a random encoder, say) adds the same
+test against that row ("vs baseline").
 
 Numbers per trial: top-1 / top-5 are the last report of a transfer phase (the final phase's unless the
 column names the phase), recon loss the last pre-train epoch's, speed-up `speedup_measured` (a
@@ -158,11 +159,12 @@ def speedup_kind(records: list[TrialRecord]) -> str:
 # ---- tables -----------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class NoiseTest:
-    """Which rows differ from the best row by no more than the seed noise, on one column."""
+    """Which rows differ from the best row (or the baseline row) by no more than the seed noise, on one column."""
 
     key: str  # column key
     mode: str  # "max" / "min": which row is best
     level: float  # significance level of Welch's t-test
+    against: tuple | None = None  # the baseline row's values of the table's dims; None: the best row
 
 
 @dataclass
@@ -192,16 +194,26 @@ class Row:
     std: dict[str, float | None] = field(default_factory=dict)
 
 
-def _noise_tests(spec: SweepSpec, columns: list[Column]) -> list[NoiseTest]:
-    """The first objective's column, else every top-1 column (Table 5's phases); none if the spec says so."""
+def baseline_values(spec: SweepSpec, dims: list[str]) -> tuple | None:
+    """The values of `dims` of the configuration marked `baseline: true` (the key `pivot` rows have), or None."""
+    rows = configuration_rows(spec) if spec.sampler.kind == "list" else []
+    return next((tuple(row.get(d) for d in dims) for row, c in zip(rows, spec.configurations) if c.baseline), None)
+
+
+def _noise_tests(spec: SweepSpec, columns: list[Column], dims: list[str]) -> list[NoiseTest]:
+    """The first objective's column, else every top-1 column (Table 5's phases), against the best row and,
+    when a configuration is the baseline, against it too; none if the spec says so."""
     if spec.significance == "none":
         return []
     objective = spec.objectives[0]
     keys = [c.key for c in columns]
     key = objective_column(objective, spec, columns)
     if key in keys and not key.startswith("top1_phase"):  # Table 5 tests every phase's top-1, as it shows them
-        return [NoiseTest(key, objective.mode, spec.significance_level)]
-    return [NoiseTest(key, "max", spec.significance_level) for key in keys if key.startswith("top1")]
+        tests = [NoiseTest(key, objective.mode, spec.significance_level)]
+    else:
+        tests = [NoiseTest(key, "max", spec.significance_level) for key in keys if key.startswith("top1")]
+    against = baseline_values(spec, dims)
+    return tests + ([NoiseTest(t.key, t.mode, t.level, against) for t in tests] if against is not None else [])
 
 
 def results_table(spec: SweepSpec) -> Table:
@@ -225,7 +237,7 @@ def results_table(spec: SweepSpec) -> Table:
                  note="mean ± sample std over repeats; speed-up = {speedup}; zero-pred loss = the pre-training loss"
                       " of predicting zeros (the baseline a reconstruction must beat); data wait = share of the last"
                       " pre-train epoch spent waiting for input; Pareto = not dominated in (speed-up, top-1).",
-                 noise=_noise_tests(spec, columns))
+                 noise=_noise_tests(spec, columns, sorted(searched(spec))))
 
 
 def paper_table(spec: SweepSpec) -> Table:
@@ -265,7 +277,7 @@ def paper_table(spec: SweepSpec) -> Table:
     return Table(name, f"{label} (paper form): {caption} (study {spec.study})", dims, columns, ranked=False,
                  number=number, note="mean ± sample std over n finished seeds; top-1/5 in %; "
                                      "speed-up = {speedup}." + (_PAPER_NOTE if paper else ""),
-                 noise=_noise_tests(spec, columns), paper=paper)
+                 noise=_noise_tests(spec, columns, dims), paper=paper)
 
 
 # ---- the pivot --------------------------------------------------------------------------------------
@@ -337,18 +349,26 @@ def _cell(column: Column, mean: float | None, std: float | None) -> str:
     return f"{mean:.{column.digits}f}{column.suffix}" + (f" ± {std:.{column.digits}f}" if std else "")
 
 
-def noise_calls(test: NoiseTest, rows: list[Row]) -> list[str]:
-    """Per row, against the best row on the test's column: "best", "≈ p=0.41" (within the seed noise),
-    "≠ p=0.003" (a real difference), or "-" (no call: fewer than 2 values on a side, or no spread)."""
+def noise_calls(test: NoiseTest, rows: list[Row], dims: list[str] = ()) -> list[str]:
+    """Per row, against the best row (or the baseline row: `test.against`, its values of `dims`) on the
+    test's column: "best" / "baseline", "≈ p=0.41" (within the seed noise), "≠ p=0.003" (a real difference),
+    or "-" (no call: fewer than 2 values on a side, no spread, or the baseline row has not run)."""
     means = [row.mean.get(test.key) for row in rows]
-    if all(m is None for m in means):
+    if test.against is not None:
+        ref = next((i for i, row in enumerate(rows) if tuple(row.values.get(d) for d in dims) == test.against), None)
+        if ref is None:
+            return ["-"] * len(rows)
+        label = "baseline"
+    elif all(m is None for m in means):
         return ["-"] * len(rows)
-    sign = 1 if test.mode == "max" else -1
-    best = max((i for i, m in enumerate(means) if m is not None), key=lambda i: sign * means[i])
+    else:
+        sign = 1 if test.mode == "max" else -1
+        ref = max((i for i, m in enumerate(means) if m is not None), key=lambda i: sign * means[i])
+        label = "best"
     calls = []
     for i, row in enumerate(rows):
-        p = welch_p(row.samples.get(test.key, []), rows[best].samples.get(test.key, []))
-        calls.append("best" if i == best else "-" if p is None else
+        p = welch_p(row.samples.get(test.key, []), rows[ref].samples.get(test.key, []))
+        calls.append(label if i == ref else "-" if p is None else
                      f"≈ p={p:.2g}" if p >= test.level else f"≠ p={p:.2g}")
     return calls
 
@@ -356,8 +376,10 @@ def noise_calls(test: NoiseTest, rows: list[Row]) -> list[str]:
 def _noise_columns(table: Table, rows: list[Row]) -> tuple[list[str], list[list[str]]]:
     """(headers, per row the calls) of the table's noise tests."""
     titles = {c.key: c.title for c in table.columns}
-    headers = ["vs best" if len(table.noise) == 1 else f"vs best ({titles[t.key]})" for t in table.noise]
-    calls = [noise_calls(test, rows) for test in table.noise]
+    several = len({t.key for t in table.noise}) > 1
+    headers = [("vs baseline" if t.against is not None else "vs best") + (f" ({titles[t.key]})" if several else "")
+               for t in table.noise]
+    calls = [noise_calls(test, rows, table.dims) for test in table.noise]
     return headers, [[column[i] for column in calls] for i in range(len(rows))]
 
 
@@ -365,11 +387,13 @@ def noise_note(table: Table, rows: list[Row]) -> str:
     """How the noise columns were made, or why no call could be made."""
     if not table.noise:
         return ""
-    keys = ", ".join(t.key for t in table.noise)
+    keys = ", ".join(dict.fromkeys(t.key for t in table.noise))
     if not any(len(row.samples.get(t.key, [])) >= 2 for row in rows for t in table.noise):
         return (f" No call on noise: each row has fewer than 2 finished repeats, so differences in {keys} "
                 f"cannot be compared with the seed spread (set repeats >= 2).")
-    return (f" vs best: Welch's t-test on {keys} over the repeats against the best row; "
+    against = "the best row" + (" (vs best) and the baseline row (vs baseline)"
+                                if any(t.against is not None for t in table.noise) else "")
+    return (f" vs best: Welch's t-test on {keys} over the repeats against {against}; "
             f"≈ = within the seed noise (p >= {table.noise[0].level:g}), ≠ = a difference beyond it, - = no call.")
 
 
@@ -487,7 +511,7 @@ def csv_text(table: Table, rows: list[Row]) -> str:
     _, calls = _noise_columns(table, rows)
     printed = [c for c in table.columns if _paper_of(c)] if table.paper else []
     writer.writerow((["rank", "configuration", "runs"] if table.ranked else table.dims + ["n", "excluded"]) + stats
-                    + [f"vs_best_{t.key}" for t in table.noise]
+                    + [f"vs_{'baseline' if t.against is not None else 'best'}_{t.key}" for t in table.noise]
                     + (["paper_row"] + [f"paper_{c.key}" for c in printed] if table.paper else []))
     for i, row in enumerate(rows, start=1):
         numbers = [v for c in table.columns for v in (row.mean[c.key], row.std[c.key])]

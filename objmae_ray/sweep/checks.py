@@ -1,7 +1,8 @@
 """What the schema cannot see in a sweep file: search paths and values, grid, list and budget, ASHA
 (refused with several objectives: it prunes on one metric), storage, objectives (one naming no phase in a
 study with several transfer phases), the rows' `paper` annotations (on every row or none, one number per
-transfer phase, masking.alpha as the annotation's α reading maps it), and every rule of
+transfer phase, masking.alpha as the annotation's α reading maps it), `baseline` (one row, repeats >= 2), and
+every rule of
 objmae_ray/train/rules.py on the trials the space can produce, and what their
 phases need of the packed stores present on this machine (objmae_ray/data/store_check.py).
 
@@ -50,6 +51,7 @@ def spec_problems(spec: SweepSpec, where: Where) -> list[str]:
     cases = checked_cases(spec, paths)
     return (problems + _alpha_problems(spec, paths, where) + _trial_problems(spec, cases, where)
             + _metric_problems(spec, cases, where) + _objective_problems(spec, where) + _paper_problems(spec, where)
+            + _baseline_problems(spec, where)
             + _budget_problems(spec, where) + _run_problems(spec, where))
 
 
@@ -219,6 +221,18 @@ def _paper_problems(spec: SweepSpec, where: Where) -> list[str]:
                             f"{paper.alpha:g} read as {paper.alpha_reading!r} is masking.alpha {expected:g}, "
                             f"but this row runs masking.alpha {alpha:g}")
     return problems
+
+
+def _baseline_problems(spec: SweepSpec, where: Where) -> list[str]:
+    """`baseline: true`: on one row at most, of a study whose rows repeat (the comparison needs the spread)."""
+    marked = [i for i, row in enumerate(spec.configurations) if row.baseline]
+    if len(marked) > 1:
+        return [f"{where(('configurations', i, 'baseline'))}: rows {', '.join(map(str, marked))} are all marked "
+                f"baseline; the tables compare every row with one" for i in marked[1:]]
+    if marked and spec.repeats < 2:
+        return [f"{where(('configurations', marked[0], 'baseline'))}: a baseline needs repeats >= 2 (the "
+                f"comparison is Welch's t-test over the seeds), the file has repeats {spec.repeats}"]
+    return []
 
 
 def _run_problems(spec: SweepSpec, where: Where) -> list[str]:

@@ -427,7 +427,7 @@ class TrialRun:
             wrong = sorted(set(own) ^ set(state)) or [k for k in own if own[k].shape != state[k].shape]
             if wrong:
                 raise ReuseError(f"{plan.store}/{plan.key}: weights do not fit this model ({wrong[0]})")
-        except (ReuseError, OSError) as err:
+        except (ReuseError, OSError, ConfigError) as err:  # ConfigError: storage unreadable (objmae_ray/storage.py)
             problem = str(err)
         if not self._all_ranks(not problem):
             plan.mode, plan.note = "publish", f"stored pre-training not used: {problem or 'failed on another rank'}"
@@ -455,7 +455,7 @@ class TrialRun:
             entry = publish(plan.store, plan.key, state=self.objmae.state_dict(), fields=plan.fields,
                             source=plan.run, final_report=final)
             print(f"trial {self.cfg.name}: pre-training stored at {entry}", flush=True)
-        except OSError as err:  # the trial's own result stands; only later trials pre-train again
+        except (OSError, ConfigError) as err:  # the trial's own result stands; only later trials pre-train again
             print(f"trial {self.cfg.name}: cannot store the pre-training ({err})", flush=True)
 
     def resume_state(self, phase_index: int) -> dict | None:

@@ -35,7 +35,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -48,6 +47,7 @@ from safetensors.torch import save as save_tensors
 
 from objmae_ray.config import TrialConfig
 from objmae_ray.method.masking import CANONICAL_PADDING, padding_applies
+from objmae_ray.storage import file_size, read_bytes, write_bytes
 
 PRETRAINED_DIR = "pretrained"
 WEIGHTS_FILE = "objmae.safetensors"
@@ -121,49 +121,11 @@ def entry_uri(store: str, key: str) -> str:
     return f"{str(store).rstrip('/')}/{key}"
 
 
-# ---- storage (local path or pyarrow URI) ------------------------------------------------------------
-def _fs(uri: str):
-    import pyarrow.fs as pafs
-
-    if "://" in uri and not uri.startswith("file://"):
-        return pafs.FileSystem.from_uri(uri)
-    return pafs.LocalFileSystem(), str(Path(uri.removeprefix("file://")).expanduser().resolve())
-
-
-def _read(uri: str) -> bytes | None:
-    fs, path = _fs(uri)
-    try:
-        with fs.open_input_stream(path) as stream:
-            return stream.read()
-    except FileNotFoundError:
-        return None
-
-
-def _size(uri: str) -> int | None:
-    import pyarrow.fs as pafs
-
-    fs, path = _fs(uri)
-    info = fs.get_file_info(path)
-    return None if info.type == pafs.FileType.NotFound else info.size
-
-
-def _write(uri: str, data: bytes) -> None:
-    """Write a file; on a local file system through a temporary name and a rename (readers never see half)."""
-    fs, path = _fs(uri)
-    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-    local = "://" not in uri or uri.startswith("file://")
-    target = f"{path}.{uuid.uuid4().hex[:8]}.tmp" if local else path
-    with fs.open_output_stream(target) as out:
-        out.write(data)
-    if local:
-        os.replace(target, path)
-
-
 # ---- entries ----------------------------------------------------------------------------------------
 def find(store: str, key: str) -> tuple[dict | None, str | None]:
     """(record, None) for a complete entry; (None, None) when there is none yet; (None, reason) for a broken one."""
     entry = entry_uri(store, key)
-    text = _read(f"{entry}/{RECORD_FILE}")
+    text = read_bytes(f"{entry}/{RECORD_FILE}")
     if text is None:
         return None, None
     try:
@@ -173,7 +135,7 @@ def find(store: str, key: str) -> tuple[dict | None, str | None]:
         expected = int(record["weights_bytes"])
     except (ValueError, KeyError, TypeError) as err:
         return None, f"{entry}/{RECORD_FILE}: unreadable ({type(err).__name__}: {err})"
-    size = _size(f"{entry}/{WEIGHTS_FILE}")
+    size = file_size(f"{entry}/{WEIGHTS_FILE}")
     if size is None:
         return None, f"{entry}/{WEIGHTS_FILE}: missing"
     if size != expected:
@@ -187,7 +149,7 @@ def load_weights(store: str, key: str) -> tuple[dict, dict[str, torch.Tensor]]:
     if record is None:
         raise ReuseError(problem or f"{entry_uri(store, key)}: no stored pre-training")
     uri = f"{entry_uri(store, key)}/{WEIGHTS_FILE}"
-    data = _read(uri)
+    data = read_bytes(uri)
     if data is None:
         raise ReuseError(f"{uri}: missing")
     if hashlib.sha256(data).hexdigest() != record.get("weights_sha256"):
@@ -203,11 +165,11 @@ def publish(store: str, key: str, *, state: dict[str, torch.Tensor], fields: dic
     """Store a finished pre-training (weights first, pretrain.json last); returns the entry's URI."""
     entry = entry_uri(store, key)
     data = save_tensors({k: v.detach().cpu().contiguous() for k, v in state.items()})
-    _write(f"{entry}/{WEIGHTS_FILE}", data)
+    write_bytes(f"{entry}/{WEIGHTS_FILE}", data)
     record = {"key": key, "fields": fields, "source": source, "weights_sha256": hashlib.sha256(data).hexdigest(),
               "weights_bytes": len(data), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "final_report": final_report}
-    _write(f"{entry}/{RECORD_FILE}", json.dumps(record, indent=1, sort_keys=True, default=str).encode())
+    write_bytes(f"{entry}/{RECORD_FILE}", json.dumps(record, indent=1, sort_keys=True, default=str).encode())
     return entry
 
 
