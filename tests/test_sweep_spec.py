@@ -221,9 +221,6 @@ MALFORMED = [
     ("two-baselines", (TPE, "sampler: {kind: list}\nrepeats: 2\nconfigurations:\n  - {alpha: 0.5, baseline: true}\n"
                             "  - {alpha: 0.25, baseline: true}"), ["search_space={}"], 8,
      "configurations.1.baseline: rows 0, 1 are all marked baseline; the tables compare every row with one"),
-    ("baseline-without-repeats", (TPE, "sampler: {kind: list}\nconfigurations: [{alpha: 0.5, baseline: true}, {alpha: 0.25}]"),
-     ["search_space={}"], 5, "configurations.0.baseline: a baseline needs repeats >= 2 (the comparison is Welch's "
-                             "t-test over the seeds), the file has repeats 1"),
     ("list-unknown-key", ("sampler: {kind: tpe, seed: 0}\nnum_samples: 4",
                           "sampler: {kind: list}\nconfigurations: [{alpah: 0.25}]"), ["search_space={}"], 5,
      "configurations.0.alpah: unknown field 'alpah' (did you mean 'alpha'?)"),

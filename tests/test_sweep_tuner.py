@@ -169,21 +169,23 @@ def test_asha_stops_a_trial(ray_session, tmp_path):
 @pytest.mark.ray
 @pytest.mark.timeout(1200)
 def test_sanity_study_reduced_shows_pre_training_ahead(ray_session, tmp_path):
-    """search_spaces/sanity.yaml with one seed and a 1-epoch fine-tune: the MAE-pre-trained encoder's linear probe
-    beats the random encoder's, and ObjMAE's object and inter-object selections learn to reconstruct their targets
-    far better than predicting zeros (the full study, 3 seeds, is in bench/RESULTS.md)."""
-    spec = load_spec(REPO / "search_spaces" / "sanity.yaml", [f"storage={tmp_path / 'runs'}", "repeats=1",
-                                                               "transfer.0.epochs=1", "transfer.0.warmup_epochs=0"])
+    """search_spaces/sanity.yaml with one seed, half its pre-training epochs, a 1-epoch fine-tune and the default
+    512 validation images: the MAE-pre-trained encoder's linear probe beats the random encoder's, and ObjMAE's
+    object selection learns to reconstruct its targets far better than predicting zeros (the full study, 3
+    seeds, is in bench/RESULTS.md)."""
+    spec = load_spec(REPO / "search_spaces" / "sanity.yaml", [
+        f"storage={tmp_path / 'runs'}", "repeats=1", "transfer.0.epochs=1", "transfer.0.warmup_epochs=0",
+        "configurations.1.pretrain.epochs=40", "configurations.2.pretrain.epochs=48",
+        *(f"{phase}.data.num_val=512" for phase in ("pretrain", "transfer.0", "transfer.1"))])
     path, results = run_sweep(spec, name="sanity-reduced", echo=lambda line: None)
     assert results.num_errors == 0
     records = {(r.params["pretrain.epochs"], r.params["masking.selection"]): r for r in records_from_dir(Path(path))}
-    assert set(records) == {(0, "mae"), (40, "mae"), (48, "object"), (48, "inter")}
+    assert set(records) == {(0, "mae"), (40, "mae"), (48, "object")}
     assert all(r.status == "done" and r.last["phase"] == "linear" for r in records.values())
     random_probe, pretrained_probe = records[0, "mae"].last["top1"], records[40, "mae"].last["top1"]
     assert pretrained_probe > random_probe + 2.0, (pretrained_probe, random_probe)
     zero_prediction = 47 / 48  # normalised-pixel targets, 4 x 4 x 3 values a patch: predicting zeros costs (n-1)/n
-    for row in ((48, "object"), (48, "inter")):  # study: 0.22 and 0.59
-        assert records[row].last["recon_loss"] < 0.75 * zero_prediction, (row, records[row].last["recon_loss"])
+    assert records[48, "object"].last["recon_loss"] < 0.75 * zero_prediction, records[48, "object"].last  # study: 0.22
 
 
 @pytest.mark.slow

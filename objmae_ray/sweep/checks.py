@@ -1,7 +1,7 @@
 """What the schema cannot see in a sweep file: search paths and values, grid, list and budget, ASHA
 (refused with several objectives: it prunes on one metric), storage, objectives (one naming no phase in a
 study with several transfer phases), the rows' `paper` annotations (on every row or none, one number per
-transfer phase, masking.alpha as the annotation's α reading maps it), `baseline` (one row, repeats >= 2), and
+transfer phase, masking.alpha as the annotation's α reading maps it), `baseline` (one row at most), and
 every rule of
 objmae_ray/train/rules.py on the trials the space can produce, and what their
 phases need of the packed stores present on this machine (objmae_ray/data/store_check.py).
@@ -224,15 +224,10 @@ def _paper_problems(spec: SweepSpec, where: Where) -> list[str]:
 
 
 def _baseline_problems(spec: SweepSpec, where: Where) -> list[str]:
-    """`baseline: true`: on one row at most, of a study whose rows repeat (the comparison needs the spread)."""
+    """`baseline: true`: on one row at most (with one repeat the tables say that no call can be made)."""
     marked = [i for i, row in enumerate(spec.configurations) if row.baseline]
-    if len(marked) > 1:
-        return [f"{where(('configurations', i, 'baseline'))}: rows {', '.join(map(str, marked))} are all marked "
-                f"baseline; the tables compare every row with one" for i in marked[1:]]
-    if marked and spec.repeats < 2:
-        return [f"{where(('configurations', marked[0], 'baseline'))}: a baseline needs repeats >= 2 (the "
-                f"comparison is Welch's t-test over the seeds), the file has repeats {spec.repeats}"]
-    return []
+    return [f"{where(('configurations', i, 'baseline'))}: rows {', '.join(map(str, marked))} are all marked "
+            f"baseline; the tables compare every row with one" for i in marked[1:]]
 
 
 def _run_problems(spec: SweepSpec, where: Where) -> list[str]:
