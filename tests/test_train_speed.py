@@ -59,10 +59,16 @@ def test_baseline_is_measured_once_per_key_and_cached(tmp_path, monkeypatch):
     assert record["step_s"] == first and len(record["steps_s"]) == speed.TIMED_STEPS
     speed.baseline_step_seconds(MICRO, optimizer="adamw", batch=8, device=cpu, cache_dir=str(tmp_path))
     assert calls == [4, 8] and len(list(tmp_path.iterdir())) == 2  # another batch, another entry
+    # a trial at bf16 is compared with a bf16 baseline (CPU autocast runs it), timed and cached apart
+    speed.baseline_step_seconds(MICRO, optimizer="adamw", batch=4, device=cpu, cache_dir=str(tmp_path),
+                                precision="bf16")
+    assert calls == [4, 8, 4] and (tmp_path / f"cpu-{torch.get_num_threads()}t-micro-32px-p8-b4-bf16-adamw.json").is_file()
+    assert json.loads((tmp_path / f"cpu-{torch.get_num_threads()}t-micro-32px-p8-b4-bf16-adamw.json").read_text())[
+        "precision"] == "bf16"
 
 
 def test_baseline_that_does_not_fit_is_timed_at_half_the_batch(monkeypatch):
-    def timed(model_cfg, *, optimizer, batch, device):
+    def timed(model_cfg, *, optimizer, batch, device, precision):
         if batch > 4:
             raise torch.OutOfMemoryError("CUDA out of memory")
         return [0.1 * batch] * speed.TIMED_STEPS

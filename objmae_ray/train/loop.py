@@ -471,7 +471,8 @@ class TrialRun:
             phase = self.cfg.pretrain
             self.baseline_s = baseline_step_seconds(self.cfg.model, optimizer=phase.optimizer,
                                                     batch=phase.batch_size // self.worker.world_size,
-                                                    device=self.worker.device, cache_dir=self.speed_cache)
+                                                    device=self.worker.device, cache_dir=self.speed_cache,
+                                                    precision=self.cfg.precision)
         return self.baseline_s / step_s
 
     def accum_steps(self, phase_index: int, per_worker: int) -> int:

@@ -42,11 +42,6 @@ class EpochStats:
     step_s: float = float("nan")  # pre-train with a timer: median compute seconds of one step on this worker
 
 
-def autocast(device: torch.device):
-    """The autocast of precision "auto" on `device` (train/precision.py): bf16 or fp16 on GPU, fp32 on CPU."""
-    return Precision("auto", device).autocast()
-
-
 class EpochLoss:
     """The epoch's loss sum (loss x images) and its first non-finite loss (step, value), kept on the device.
 

@@ -3,7 +3,7 @@
 `StepTimer` times the compute of training steps (masks + forward + backward + optimiser step; not the
 input wait or the augmentation): CUDA events on a GPU (no host sync per step), the wall clock on a CPU.
 `baseline_step_seconds` times a few steps of the supervised timm ViT of the same preset, image size and
-patch size, at the same per-worker batch, precision ("auto", train/precision.py) and optimiser,
+patch size, at the same per-worker batch, precision (the trial's, train/precision.py) and optimiser,
 on the trial's device; the result is cached as JSON per (device, preset, image size, patch size, batch,
 precision) under the run's storage (`<storage>/speed_baseline/`, a local path or a pyarrow URI such as
 s3://), so a sweep measures it once. speedup_measured = baseline step time / median ObjMAE step time
@@ -16,21 +16,19 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import statistics
 import time
-import uuid
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from timm.optim import create_optimizer_v2
 
 from objmae_ray.config import ModelConfig
+from objmae_ray.errors import ConfigError
 from objmae_ray.method.model import create_vit_classifier
-from objmae_ray.train.precision import resolve_precision
-from objmae_ray.train.pretrain import autocast
+from objmae_ray.storage import read_bytes, write_bytes
+from objmae_ray.train.precision import Precision, resolve_precision
 
 log = logging.getLogger("objmae_ray.train")
 BASELINE_DIR = "speed_baseline"
@@ -84,18 +82,21 @@ def device_label(device: torch.device) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", f"{device.type}-{name}" if device.type == "cuda" else name).strip("-")
 
 
-def baseline_key(model_cfg: ModelConfig, batch: int, device: torch.device, optimizer: str) -> str:
-    precision = resolve_precision("auto", device)
+def baseline_key(model_cfg: ModelConfig, batch: int, device: torch.device, optimizer: str,
+                 precision: str = "auto") -> str:
+    precision = resolve_precision(precision, device)
     return (f"{device_label(device)}-{model_cfg.preset}-{model_cfg.img_size}px-p{model_cfg.patch_size}"
             f"-b{batch}-{precision}-{optimizer}")
 
 
-def measure_baseline(model_cfg: ModelConfig, *, optimizer: str, batch: int, device: torch.device) -> dict:
+def measure_baseline(model_cfg: ModelConfig, *, optimizer: str, batch: int, device: torch.device,
+                     precision: str = "auto") -> dict:
     """Time WARMUP_STEPS + TIMED_STEPS supervised ViT steps (1000-class head); halve the batch on CUDA OOM."""
     run_batch = batch
     while True:
         try:
-            seconds = _time_supervised(model_cfg, optimizer=optimizer, batch=run_batch, device=device)
+            seconds = _time_supervised(model_cfg, optimizer=optimizer, batch=run_batch, device=device,
+                                       precision=precision)
             break
         except torch.OutOfMemoryError:
             if run_batch == 1:
@@ -105,10 +106,12 @@ def measure_baseline(model_cfg: ModelConfig, *, optimizer: str, batch: int, devi
     step_s = statistics.median(seconds) * batch / run_batch
     return {"step_s": step_s, "batch": batch, "measured_batch": run_batch, "steps_s": seconds,
             "device": device_label(device), "preset": model_cfg.preset, "img_size": model_cfg.img_size,
-            "patch_size": model_cfg.patch_size, "optimizer": optimizer, "measured_at": time.time()}
+            "patch_size": model_cfg.patch_size, "optimizer": optimizer,
+            "precision": resolve_precision(precision, device), "measured_at": time.time()}
 
 
-def _time_supervised(model_cfg: ModelConfig, *, optimizer: str, batch: int, device: torch.device) -> list[float]:
+def _time_supervised(model_cfg: ModelConfig, *, optimizer: str, batch: int, device: torch.device,
+                     precision: str = "auto") -> list[float]:
     model = create_vit_classifier(model_cfg.preset, img_size=model_cfg.img_size, patch_size=model_cfg.patch_size,
                                   num_classes=1000).to(device).train()
     opt = create_optimizer_v2(model, opt=optimizer, lr=1e-4, weight_decay=0.05)
@@ -116,11 +119,12 @@ def _time_supervised(model_cfg: ModelConfig, *, optimizer: str, batch: int, devi
     imgs = torch.randn(batch, 3, model_cfg.img_size, model_cfg.img_size, device=device, generator=generator)
     labels = torch.randint(0, 1000, (batch,), device=device, generator=generator)
     timer = StepTimer(device)
+    amp = Precision(precision, device)  # autocast; an fp16 loss scale costs no step time worth timing here
     try:
         for step in range(WARMUP_STEPS + TIMED_STEPS):
             if step >= WARMUP_STEPS:
                 timer.start()
-            with autocast(device):
+            with amp.autocast():
                 logits = model(imgs)
             loss = F.cross_entropy(logits.float(), labels)
             opt.zero_grad(set_to_none=True)
@@ -135,48 +139,21 @@ def _time_supervised(model_cfg: ModelConfig, *, optimizer: str, batch: int, devi
             torch.cuda.empty_cache()
 
 
-def _read_json(uri: str) -> dict | None:
-    try:
-        if "://" in uri:
-            import pyarrow.fs  # remote storage only
-
-            fs, path = pyarrow.fs.FileSystem.from_uri(uri)
-            with fs.open_input_stream(path) as f:
-                return json.loads(f.read())
-        return json.loads(Path(uri).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _write_json(uri: str, data: dict) -> None:
-    text = json.dumps(data, indent=1).encode()
-    if "://" in uri:
-        import pyarrow.fs  # remote storage only
-
-        fs, path = pyarrow.fs.FileSystem.from_uri(uri)
-        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
-        with fs.open_output_stream(path) as f:
-            f.write(text)
-        return
-    path = Path(uri)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}")
-    tmp.write_bytes(text)
-    os.replace(tmp, path)  # concurrent trials: one complete file wins
-
-
 def baseline_step_seconds(model_cfg: ModelConfig, *, optimizer: str, batch: int, device: torch.device,
-                          cache_dir: str | None) -> float:
+                          cache_dir: str | None, precision: str = "auto") -> float:
     """Seconds of one supervised ViT step at `batch` on `device`, from the cache when measured before."""
-    key = baseline_key(model_cfg, batch, device, optimizer)
+    key = baseline_key(model_cfg, batch, device, optimizer, precision)
     uri = f"{cache_dir.rstrip('/')}/{key}.json" if cache_dir else None
-    cached = _read_json(uri) if uri else None
+    try:
+        cached = json.loads(read_bytes(uri) or b"null") if uri else None
+    except (ConfigError, ValueError):  # unreadable storage or a half-written file: measure again
+        cached = None
     if cached and cached.get("step_s", 0) > 0:
         return float(cached["step_s"])
-    measured = measure_baseline(model_cfg, optimizer=optimizer, batch=batch, device=device)
+    measured = measure_baseline(model_cfg, optimizer=optimizer, batch=batch, device=device, precision=precision)
     if uri:
         try:
-            _write_json(uri, measured)
-        except OSError as err:  # the number is still right; only the next trial re-measures
-            log.warning("%s: cannot cache the speed baseline (%s)", uri, err)
+            write_bytes(uri, json.dumps(measured, indent=1).encode())  # locally a rename: one whole file wins
+        except ConfigError as err:  # the number is still right; only the next trial re-measures
+            log.warning("cannot cache the speed baseline (%s)", err)
     return float(measured["step_s"])
