@@ -25,18 +25,20 @@ REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "search_spaces" / "smoke.yaml"
 
 
-def tiny_spec(tmp_path: Path, name: str, extra: str, objectives: str = "  - {metric: top1, mode: max}\n") -> Path:
+def tiny_spec(tmp_path: Path, name: str, extra: str, objectives: str = "  - {metric: top1, mode: max}\n", *,
+              pretrain_epochs: int = 1, transfer_mode: str = "finetune") -> Path:
     """A micro sweep file: 32 px, 1-2 epochs, tiny synthetic set, one worker of half a CPU."""
     path = tmp_path / f"{name}.yaml"
+    mode = "" if transfer_mode == "finetune" else f"mode: {transfer_mode}, "
     path.write_text(f"""\
 study: {name}
 objectives:
 {objectives}storage: {tmp_path / 'runs'}
 base:
   model: {{preset: micro, img_size: 32, patch_size: 8}}
-  pretrain: {{epochs: 1, warmup_epochs: 0, batch_size: 16, lr: 1.0e-3, data: {{num_images: 64, loader_workers: 0}}}}
+  pretrain: {{epochs: {pretrain_epochs}, warmup_epochs: 0, batch_size: 16, lr: 1.0e-3, data: {{num_images: 64, loader_workers: 0}}}}
   transfer:
-    - {{epochs: 1, warmup_epochs: 0, batch_size: 16, lr: 1.0e-3, data: {{num_images: 64, loader_workers: 0}}}}
+    - {{{mode}epochs: 1, warmup_epochs: 0, batch_size: 16, lr: 1.0e-3, data: {{num_images: 64, loader_workers: 0}}}}
   resources: {{num_workers: 1, cpus_per_worker: 0.5}}
 {extra}""")
     return path

@@ -12,6 +12,7 @@ import pytest
 
 from objmae_ray.results.records import records_from_dir
 from objmae_ray.train import reuse
+from test_sweep_tuner import tiny_spec
 
 
 def _claim_eventually(key: str, owner: str, timeout_s: float = 60.0):
@@ -51,20 +52,7 @@ def test_claim_is_unique_and_goes_with_its_owner(ray_session):
 
 def sweep_file(tmp_path: Path, name: str, extra: str, transfer_mode: str = "finetune") -> Path:
     """A micro study: 2 pre-train epochs, 1 transfer epoch, half a CPU per worker."""
-    path = tmp_path / f"{name}.yaml"
-    path.write_text(f"""\
-study: {name}
-objectives:
-  - {{metric: top1, mode: max}}
-storage: {tmp_path / 'runs'}
-base:
-  model: {{preset: micro, img_size: 32, patch_size: 8}}
-  pretrain: {{epochs: 2, warmup_epochs: 0, batch_size: 16, lr: 1.0e-3, data: {{num_images: 64, loader_workers: 0}}}}
-  transfer:
-    - {{mode: {transfer_mode}, epochs: 1, warmup_epochs: 0, batch_size: 16, lr: 1.0e-3, data: {{num_images: 64, loader_workers: 0}}}}
-  resources: {{num_workers: 1, cpus_per_worker: 0.5}}
-{extra}""")
-    return path
+    return tiny_spec(tmp_path, name, extra, pretrain_epochs=2, transfer_mode=transfer_mode)
 
 
 @pytest.mark.slow
