@@ -248,6 +248,11 @@ def test_dashboard_lists_the_sweeps_actors(multinode_sweep, ray_cluster):
 
 
 # ---- chaos: a worker node removed mid-sweep ---------------------------------------------------------------
+# The long trial's pre-train epochs: a 2-step epoch reports every ~0.5 s (the controller's poll, RAY_START_ENV),
+# so it needs enough of them to be still running when the node goes (20 finished before that in one CI run).
+LONG = 80
+
+
 @pytest.mark.slow
 @pytest.mark.ray
 @pytest.mark.timeout(900)
@@ -284,7 +289,7 @@ def test_removed_node_trial_resumes_elsewhere_and_finished_trial_is_kept(ray_ses
         for node_id, cpus in bases.items():
             blockers[node_id] = block(node_id, cpus - 0.5)
         spec = sweep_file(tmp_path, "chaos", cpus_per_worker=1,
-                          extra="search_space:\n  pretrain.epochs: {choices: [1, 20]}\n")
+                          extra=f"search_space:\n  pretrain.epochs: {{choices: [1, {LONG}]}}\n")
         before = actor_ids("RayTrainWorker", "TrainController", "ImplicitFunc")
         log = tmp_path / "sweep.log"
         run = tmp_path / "runs" / "chaos"
@@ -298,7 +303,7 @@ def test_removed_node_trial_resumes_elsewhere_and_finished_trial_is_kept(ray_ses
 
         def progress():
             records = {r.params["pretrain.epochs"]: r for r in records_from_dir(run)} if run.is_dir() else {}
-            short, long_ = records.get(1), records.get(20)
+            short, long_ = records.get(1), records.get(LONG)
             if not (short and long_ and short.status == "done" and not long_.last.get("done", False)):
                 return None
             ended = [a for a in actors("TrainController", state="DEAD") if a.actor_id not in before]
@@ -312,7 +317,7 @@ def test_removed_node_trial_resumes_elsewhere_and_finished_trial_is_kept(ray_ses
             assert driver.poll() is None and time.time() < deadline, log.read_text()[-3000:]
             time.sleep(0.5)
         short, checkpointed = state
-        time.sleep(3)  # > one controller poll (2 s): usually the checkpoint seen on disk is registered by now
+        time.sleep(3)  # > a few controller polls (0.5 s): usually the checkpoint seen on disk is registered by now
         short_results = Path(short.path, "result.json").read_text()
         workers = [a for a in actors("RayTrainWorker") if a.actor_id not in before]
         assert {w.node_id for w in workers} == {chaos.node_id}  # both trials' workers on the doomed node
@@ -334,7 +339,7 @@ def test_removed_node_trial_resumes_elsewhere_and_finished_trial_is_kept(ray_ses
             driver.wait()
 
     records = {r.params["pretrain.epochs"]: r for r in records_from_dir(run)}
-    assert sorted(records) == [1, 20] and all(r.status == "done" for r in records.values())
+    assert sorted(records) == [1, LONG] and all(r.status == "done" for r in records.values())
     # the finished trial: untouched, one worker-group attempt
     assert Path(records[1].path, "result.json").read_text() == short_results
     assert attempts(records[1].history) == [[(0, 0), (1, 0)]]
@@ -342,13 +347,13 @@ def test_removed_node_trial_resumes_elsewhere_and_finished_trial_is_kept(ray_ses
     # latest the one seen on disk at removal, at worst the one before it (written but not yet registered
     # by Train's controller when the node died, a race of one report), so at most one epoch is redone,
     # and together the attempts cover the trial
-    runs = attempts(records[20].history)
+    runs = attempts(records[LONG].history)
     assert len(runs) == 2, runs
     first, second = runs
     assert second[0][0] == 0 and second[0][1] >= checkpointed > 0, (checkpointed, runs)
     assert first[: second[0][1]] == [(0, e) for e in range(second[0][1])]
     assert len(first) - second[0][1] <= 1
-    assert second == [(0, e) for e in range(second[0][1], 20)] + [(1, 0)]
+    assert second == [(0, e) for e in range(second[0][1], LONG)] + [(1, 0)]
     # its new worker ran on a base node; no Tune driver was restarted
     new_workers = [a for a in actors("RayTrainWorker") if a.actor_id not in before]
     assert len(new_workers) == 3
@@ -518,7 +523,7 @@ def test_dashboard_train_runs_show_every_running_trial(ray_session, ray_cluster,
     with pytest.raises(urllib.error.HTTPError) as refused:
         dashboard_get(f"{url}/api/train/v2/runs/v1")
     assert refused.value.code == 401
-    spec = sweep_file(tmp_path, "dash", cpus_per_worker=0.5, pretrain_epochs=30,
+    spec = sweep_file(tmp_path, "dash", cpus_per_worker=0.5, pretrain_epochs=60,  # ~0.5 s an epoch; killed once seen
                       extra="search_space:\n  padding: {choices: [zero, random]}\n")
     log = tmp_path / "sweep.log"
     driver = start_sweep(ray_session, spec, "dash", log)
