@@ -50,7 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from objmae_ray.config import ChoiceParam, Objective, PaperRow, SweepSpec
+from objmae_ray.config import ChoiceParam, Configuration, Objective, PaperRow, SweepSpec
 from objmae_ray.results.records import TrialRecord
 from objmae_ray.results.stats import finite, mean_std, pareto_front, welch_p
 from objmae_ray.sweep.space import configuration_rows, describe, searched, short_name
@@ -137,11 +137,15 @@ def objective_column(objective: Objective, spec: SweepSpec, columns: list[Column
     return next((c.key for c in columns if c.source == source), objective.key)
 
 
-def paper_numbers(spec: SweepSpec, dims: list[str]) -> dict[tuple, PaperRow]:
-    """The configurations' `paper` annotations by the row's values of `dims` (the key `pivot` rows have)."""
+def _keyed_configurations(spec: SweepSpec, dims: list[str]) -> list[tuple[tuple, Configuration]]:
+    """A list study's configurations with their values of `dims` (the key `pivot` rows have); [] otherwise."""
     rows = configuration_rows(spec) if spec.sampler.kind == "list" else []
-    return {tuple(row.get(d) for d in dims): paper
-            for row, paper in zip(rows, spec.paper_rows()) if paper is not None}
+    return [(tuple(row.get(d) for d in dims), c) for row, c in zip(rows, spec.configurations)]
+
+
+def paper_numbers(spec: SweepSpec, dims: list[str]) -> dict[tuple, PaperRow]:
+    """The configurations' `paper` annotations by the row's values of `dims`."""
+    return {key: c.paper for key, c in _keyed_configurations(spec, dims) if c.paper is not None}
 
 
 def speedup_kind(records: list[TrialRecord]) -> str:
@@ -195,9 +199,8 @@ class Row:
 
 
 def baseline_values(spec: SweepSpec, dims: list[str]) -> tuple | None:
-    """The values of `dims` of the configuration marked `baseline: true` (the key `pivot` rows have), or None."""
-    rows = configuration_rows(spec) if spec.sampler.kind == "list" else []
-    return next((tuple(row.get(d) for d in dims) for row, c in zip(rows, spec.configurations) if c.baseline), None)
+    """The values of `dims` of the configuration marked `baseline: true`, or None."""
+    return next((key for key, c in _keyed_configurations(spec, dims) if c.baseline), None)
 
 
 def _noise_tests(spec: SweepSpec, columns: list[Column], dims: list[str]) -> list[NoiseTest]:
