@@ -18,7 +18,7 @@ from objmae_ray.config import PaperRow, TrialConfig, set_path
 from objmae_ray.results.stats import welch_p
 from objmae_ray.results.tables import paper_table
 from objmae_ray.sweep.rundir import save_spec
-from objmae_ray.sweep.space import base_trial, configuration_rows
+from objmae_ray.sweep.space import base_trial, configuration_rows, get_path
 from objmae_ray.sweep.spec import load_spec
 from test_results_tables import add_trial, md_rows
 
@@ -95,12 +95,6 @@ def trials_of(spec) -> list[dict]:
     return out
 
 
-def value_at(config: dict, path: str):
-    for part in path.split("."):
-        config = config[int(part)] if isinstance(config, list) else config[part]
-    return config
-
-
 @pytest.mark.parametrize("study", sorted(STUDIES))
 def test_study_rows_are_the_papers(study, data_env):
     """Right table, right row names, the paper's numbers exactly, the configuration as the paper states it,
@@ -118,13 +112,13 @@ def test_study_rows_are_the_papers(study, data_env):
         if paper.extra is not None:
             assert len(paper.extra) > 20 and paper.row is None and paper.top1 is None
             stated = [name for name, row in PAPER[table].items()
-                      if all(value_at(trial, k) == v for k, v in row.settings.items())]
+                      if all(get_path(trial, k) == v for k, v in row.settings.items())]
             assert not stated, f"{study} row {i} is marked extra but is the paper's {stated}"
             continue
         expected = PAPER[table][paper.row]
         assert tuple(paper.top1) == expected.top1 and tuple(paper.top5) == expected.top5, (study, paper.row)
         for path, value in expected.settings.items():
-            assert value_at(trial, path) == value, (study, paper.row, path)
+            assert get_path(trial, path) == value, (study, paper.row, path)
         assert paper.alpha == expected.alpha, (study, paper.row)
         if expected.alpha is not None:
             side = expected.alpha if paper.alpha_reading == "side" else expected.alpha / 2

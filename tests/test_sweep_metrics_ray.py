@@ -236,3 +236,8 @@ def test_sweep_metrics_keep_the_best_by_mode_and_pickle_without_their_gauges():
     assert callback.best == {"top1": 40.0, "recon_loss": 0.7}
     restored = pickle.loads(pickle.dumps(callback))  # Tune saves its callbacks in tuner.pkl
     assert restored.best == callback.best and restored._gauges is None and restored._counts is None
+    # an objective naming a transfer phase keeps the best of that phase's report key, not the plain metric
+    phased = SweepMetrics(SweepSpec.model_validate({**spec.model_dump(), "objectives": [
+        {"metric": "top1", "mode": "max", "phase": 0}]}), "s")
+    phased.on_trial_result(iteration=1, trials=[], trial=None, result={"top1": 90.0, "transfer0_top1": 50.0})
+    assert phased.best == {"transfer0_top1": 50.0}

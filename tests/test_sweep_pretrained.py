@@ -94,6 +94,9 @@ def test_pretrained_from_makes_one_trial_per_finished_pre_training(run_dir, tmp_
     configs, exact = planned_configs(spec)
     assert exact
     assert sorted(reuse.pretrain_key(c) for c in configs) == sorted(reuse.pretrain_key(s) for s in sources)
+    # a file at another precision still gets the sources' pre-trainings (precision is part of the key)
+    other, _ = planned_configs(load_spec(path, ["precision=bf16"]))
+    assert sorted(reuse.pretrain_key(c) for c in other) == sorted(reuse.pretrain_key(s) for s in sources)
     assert all(c.transfer[0].mode == "linear" and c.transfer[0].lr == 0.1 and len(c.transfer) == 1 for c in configs)
     assert sweep_main(["validate", str(path)]) == 0
     assert "4 trial(s), one per finished pre-training of" in capsys.readouterr().out

@@ -90,6 +90,8 @@ def test_memory_plan_accumulates_vit_s8_finetuning_on_a_24gb_gpu():
     assert accumulation_steps(vit_s8, 256, 0.5 * GIB) is None  # not even one image fits
     fp32 = step_memory(ModelConfig(preset="vit_small", patch_size=8), "finetune", precision="fp32")
     assert fp32.peak(256) > vit_s8.peak(256)
+    for two_bytes in ("auto", "fp16"):  # a trial's precision: 2-byte activations read the bf16 rows
+        assert step_memory(ModelConfig(preset="vit_small", patch_size=8), "finetune", precision=two_bytes) == vit_s8
     assert step_memory(ModelConfig(preset="vit_small", patch_size=8), "pretrain", alpha=0.05).peak(128) \
         < step_memory(ModelConfig(preset="vit_small", patch_size=8), "pretrain", alpha=0.5).peak(128)
     assert step_memory(ModelConfig(preset="vit_small", patch_size=14, img_size=224), "finetune") is None

@@ -35,7 +35,6 @@ GIB = 1024 ** 3
 SLACK = 1.15
 CUDA_RESERVE = 1.0 * GIB
 TABLE_FILE = Path(__file__).with_name("activation_memory.json")
-PHASES = ("pretrain", "finetune", "linear")
 
 
 @lru_cache(maxsize=1)
@@ -71,7 +70,9 @@ class StepMemory:
 def step_memory(model: ModelConfig, phase: str, *, alpha: float = 1.0, optimizer: str = "lookahead_adamw",
                 precision: str = "bf16", attention: str = "fused") -> StepMemory | None:
     """StepMemory of a pretrain / finetune / linear step; None when the table has no measurement for this
-    preset and patch size (then nothing is planned)."""
+    preset and patch size (then nothing is planned). `precision` is the trial's: fp32 reads the fp32 rows,
+    auto / bf16 / fp16 (2-byte activations on a GPU) the bf16 rows."""
+    precision = "fp32" if precision == "fp32" else "bf16"
     kind = "pretrain" if phase == "pretrain" else "finetune"
     coef = activation_table().get(f"{model.preset}/p{model.patch_size}/{kind}/{precision}/{attention}")
     if coef is None:

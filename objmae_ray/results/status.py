@@ -52,9 +52,10 @@ def _state(driver: dict | None, ended: int, total: int) -> str:
 
 def _best(run: str, spec) -> str:
     records = [r for r in records_from_dir(run) if r.status == "done"]
-    rows = tables.pivot(records, tables.results_table(spec), spec) if records else []
+    table = tables.results_table(spec)
+    rows = tables.pivot(records, table, spec) if records else []
     objective = spec.objectives[0]
-    key = tables.objective_column(objective, spec, tables.results_table(spec).columns)
+    key = tables.objective_column(objective, spec, table.columns)
     if not rows or rows[0].mean.get(key) is None:
         return "none yet"
     row = rows[0]

@@ -32,7 +32,7 @@ class SweepMetrics(tune.Callback):
 
     def __init__(self, spec: SweepSpec, study: str):
         self.study = study
-        self.objectives = [(o.metric, o.mode) for o in spec.objectives]
+        self.objectives = [(o.key, o.mode) for o in spec.objectives]  # the report key: transfer{i}_top1 with a phase
         self.best: dict[str, float] = {}
         self._gauges = None
         self._counts: dict[str, int] | None = None

@@ -297,13 +297,14 @@ def phase_costs(cfg: TrialConfig, spec: SweepSpec, *, target: Target | None = No
         if res.use_gpu and target.gpu is not None:
             memory_phase = "pretrain" if name == "pre-train" else name
             per_worker = max(1, phase.batch_size // res.num_workers)
-            memory = step_memory(model, memory_phase, alpha=cfg.masking.alpha, optimizer=phase.optimizer)
+            memory = step_memory(model, memory_phase, alpha=cfg.masking.alpha, optimizer=phase.optimizer,
+                                 precision=cfg.precision)
             if memory is not None:
                 cost.accum_steps, cost.accum_why = phase.accum_steps or 1, None
                 if not phase.accum_steps:
                     cost.accum_steps, cost.accum_why = planned_accumulation(
                         model, memory_phase, batch=per_worker, alpha=cfg.masking.alpha, optimizer=phase.optimizer,
-                        capacity_bytes=target.gpu.memory_gib * GIB)
+                        precision=cfg.precision, capacity_bytes=target.gpu.memory_gib * GIB)
                 cost.peak_gib = memory.peak(math.ceil(per_worker / cost.accum_steps)) / GIB
         costs.append(cost)
     return costs

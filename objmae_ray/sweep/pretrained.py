@@ -154,7 +154,7 @@ def _pretraining(cfg: TrialConfig) -> dict:
     """The leaves of a trial config that make its pre-training key (train/reuse.py pretrain_fields)."""
     dump = cfg.model_dump()
     leaves = {"seed": dump["seed"], "resources.num_workers": dump["resources"]["num_workers"],
-              "resources.use_gpu": dump["resources"]["use_gpu"]}
+              "resources.use_gpu": dump["resources"]["use_gpu"], "precision": dump["precision"]}
     for section in ("model", "masking", "pretrain"):
         leaves.update(_leaves(section, dump[section]))
     return leaves

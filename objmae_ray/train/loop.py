@@ -483,7 +483,7 @@ class TrialRun:
         if phase.accum_steps or device.type != "cuda":
             return phase.accum_steps or 1
         steps, why = planned_accumulation(self.cfg.model, name, batch=per_worker, alpha=self.cfg.masking.alpha,
-                                          optimizer=phase.optimizer,
+                                          optimizer=phase.optimizer, precision=self.precision.name,
                                           capacity_bytes=torch.cuda.get_device_properties(device).total_memory)
         if why and self.worker.rank == 0:
             print(f"{self.cfg.name}: {why} on {torch.cuda.get_device_name(device)}", flush=True)

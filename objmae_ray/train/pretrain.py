@@ -165,7 +165,7 @@ def pretrain_epoch(model: nn.Module, loader: Iterable[dict], optimizer: torch.op
         optimizer.zero_grad(set_to_none=True)
         parts = micro_batches(imgs.shape[0], accum_steps)
         valid = masks.tgt_valid.sum().clamp(min=1) if len(parts) > 1 else None
-        loss, preds = 0.0, []
+        loss = 0.0
         for index, part in enumerate(parts):
             keep = None if masks.keep is None else masks.keep[part]
             with sync_unless_last(model, index, len(parts)):
@@ -175,14 +175,14 @@ def pretrain_epoch(model: nn.Module, loader: Iterable[dict], optimizer: torch.op
                 if valid is not None:  # this micro-batch's share of the batch's valid target slots
                     part_loss = part_loss * (masks.tgt_valid[part].sum() / valid)
                 precision.backward(part_loss)
-            loss, preds = loss + part_loss.detach(), preds + [pred.detach()]
+            loss = loss + part_loss.detach()
         losses.add(loss, imgs.shape[0], step)
         precision.step(optimizer)
-        pred = preds[0] if len(preds) == 1 else torch.cat(preds)
         if timer is not None:
             timer.stop()
         with torch.no_grad():  # outside the timed step: the statistics are not part of ObjMAE's cost
-            zero = core.forward_loss(imgs, torch.zeros_like(pred), masks.tgt_idx, masks.tgt_valid)
+            zeros = pred.new_zeros(imgs.shape[0], *pred.shape[1:])  # [B, L, p*p*3]: every micro-batch's shape
+            zero = core.forward_loss(imgs, zeros, masks.tgt_idx, masks.tgt_valid)
             on_device += torch.cat([masks.fallback.sum().reshape(1), zero.reshape(1) * imgs.shape[0],
                                     masks.alpha_sums(num_patches)]).double()
         images += imgs.shape[0]
